@@ -1,0 +1,229 @@
+"""What every sktl estimator shares: backbone resolution, input validation,
+reproducible seeding, cloning and pickling; and the fine-tuning core of
+:class:`~sktl.TransferClassifier` / :class:`~sktl.TransferRegressor`."""
+
+from __future__ import annotations
+
+import io
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, clone
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
+
+from ._inference import forward_batches, probe_width, resolve_device
+from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
+from .backbones import resolve_backbone
+from .backbones._inputs import n_samples, take, validate_images, validate_texts
+
+__all__ = ["BackboneEstimatorMixin", "TransferEstimator"]
+
+
+def _is_fitted_sktl(value):
+    return hasattr(value, "__sktl_backbone__") and hasattr(value, "backbone_")
+
+
+class BackboneEstimatorMixin:
+    """Backbone handling shared by every estimator with a ``backbone``."""
+
+    #: marks sktl estimators, whose fitted backbone another estimator can reuse
+    __sktl_backbone__ = True
+
+    # -- cloning: a fitted estimator passed as ``backbone`` is the pretrained
+    # model; sklearn's clone would replace it by an unfitted copy and lose
+    # its weights inside GridSearchCV/cross_validate. We keep the reference
+    # (it is only read: resolve_backbone deep-copies its backbone).
+    def __sklearn_clone__(self):
+        params = self.get_params(deep=False)
+        cloned = {k: v if _is_fitted_sktl(v) else clone(v, safe=False)
+                  for k, v in params.items()}
+        return type(self)(**cloned)
+
+    def get_params(self, deep=True):
+        params = super().get_params(deep=False)
+        if deep:
+            for key, value in list(params.items()):
+                # A backbone estimator is an artifact, not a tunable step:
+                # exposing its params would let set_params mutate a shared,
+                # fitted source model.
+                if key != "backbone" and hasattr(value, "get_params"):
+                    params.update((f"{key}__{k}", v) for k, v in value.get_params().items())
+        return params
+
+    # -- inputs ---------------------------------------------------------------
+    def _validate_X(self, X, kind, *, reset, y=None, y_kwargs=None):
+        """Validate X (and y) for the backbone's input kind."""
+        if kind == "array":
+            if y is None:
+                return validate_data(self, X, reset=reset, dtype=np.float32,
+                                     allow_nd=True), None
+            return validate_data(self, X, y, reset=reset, dtype=np.float32,
+                                 allow_nd=True, **(y_kwargs or {}))
+        X = validate_images(X) if kind == "image" else validate_texts(X)
+        if y is not None:
+            check_consistent_length(X, y)
+        return X, y
+
+    def _input_kind(self):
+        return self.backbone_.input_kind
+
+    # -- randomness -----------------------------------------------------------
+    def _torch_seed(self):
+        return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+
+    # -- pickling: torch objects go through torch.save so that a model fitted
+    # on a GPU loads on a CPU-only machine (map_location).
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        torch_keys = [k for k, v in state.items() if k.endswith("_") and
+                      (isinstance(v, torch.nn.Module) or type(v).__name__ == "Backbone")]
+        if torch_keys:
+            buffer = io.BytesIO()
+            torch.save({k: state.pop(k) for k in torch_keys}, buffer)
+            state["_sktl_torch_state"] = buffer.getvalue()
+        return state
+
+    def __setstate__(self, state):
+        blob = state.pop("_sktl_torch_state", None)
+        self.__dict__.update(state)
+        if blob is not None:
+            location = None if torch.cuda.is_available() else "cpu"
+            self.__dict__.update(torch.load(io.BytesIO(blob), map_location=location,
+                                            weights_only=False))
+            if location == "cpu" and str(getattr(self, "device_", "cpu")).startswith("cuda"):
+                self.device_ = "cpu"
+
+
+class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
+    """Fine-tuning core shared by :class:`~sktl.TransferClassifier` and
+    :class:`~sktl.TransferRegressor` (not for direct use)."""
+
+    _parameter_constraints = {
+        "backbone": "no_validation",
+        "weights": "no_validation",
+        "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "head": [StrOptions({"linear", "mlp"}), callable],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "backbone_lr": [Interval(Real, 0, None, closed="left"), None],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "optimizer": [StrOptions(set(OPTIMIZERS)), type],
+        "early_stopping": ["boolean", Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "device": [str, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(self, backbone="resnet18", *, weights="DEFAULT", unfreeze=0,
+                 head="linear", lr=1e-3, backbone_lr=None, max_epochs=10,
+                 batch_size=32, optimizer="adamw", early_stopping=False,
+                 validation_fraction=0.1, device="auto", random_state=None,
+                 verbose=0):
+        self.backbone = backbone
+        self.weights = weights
+        self.unfreeze = unfreeze
+        self.head = head
+        self.lr = lr
+        self.backbone_lr = backbone_lr
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # Subclasses define: _encode_targets(y) -> (targets, n_outputs, fitted attrs),
+    # _criterion, _stratify(targets) and _y_validation (validate_data kwargs).
+
+    def _fit(self, X, y):
+        self._validate_params()
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, "
+                             "but the target y is None.")
+        device = resolve_device(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._torch_seed())
+            backbone = resolve_backbone(self.backbone, self.weights)
+            X, y = self._validate_X(X, backbone.input_kind, reset=True, y=y,
+                                    y_kwargs=self._y_validation)
+            targets, n_outputs, target_attrs = self._encode_targets(y)
+            backbone.module.to(device)
+            if backbone.n_features is None:
+                backbone.n_features = probe_width(backbone.module, backbone.preprocess,
+                                                      X, device)
+            trainable = freeze(backbone, self.unfreeze)
+            head = make_head(self.head, backbone.n_features, n_outputs).to(device)
+            module = TransferModule(backbone.module, head, trainable)
+            history = self._train(module, backbone, X, targets, device)
+        # Attributes are set only once training succeeded: a failed refit
+        # leaves a previously fitted model intact.
+        for name, value in target_attrs.items():
+            setattr(self, name, value)
+        self.backbone_ = backbone
+        self.module_ = module
+        self.history_ = history
+        self.device_ = device
+        self.n_blocks_ = len(backbone.blocks)
+        return self
+
+    def _split(self, n, targets):
+        idx = np.arange(n)
+        if not self.early_stopping:
+            return idx, None
+        stratify = self._stratify(targets)
+        try:
+            return train_test_split(idx, test_size=self.validation_fraction,
+                                    random_state=self._torch_seed(), stratify=stratify)
+        except ValueError:  # a class too small to stratify
+            return train_test_split(idx, test_size=self.validation_fraction,
+                                    random_state=self._torch_seed())
+
+    def _train(self, module, backbone, X, targets, device):
+        train_idx, valid_idx = self._split(n_samples(X), targets)
+        backbone_lr = self.lr / 10 if self.backbone_lr is None else self.backbone_lr
+        common = dict(lr=self.lr, backbone_lr=backbone_lr, optimizer=self.optimizer,
+                      max_epochs=self.max_epochs, batch_size=self.batch_size,
+                      device=device, early_stopping=self.early_stopping,
+                      verbose=self.verbose)
+        if self.unfreeze == 0:
+            # Frozen backbone: one forward pass over the data, then the head
+            # trains on the features (never the backbone once per epoch).
+            features = forward_batches(backbone.module, backbone.preprocess, X,
+                                       batch_size=self.batch_size, device=device,
+                                       progress=self.verbose >= 1, desc="features")
+            data = torch.utils.data.TensorDataset
+            train = data(torch.from_numpy(features[train_idx]),
+                         torch.from_numpy(targets[train_idx]))
+            valid = None if valid_idx is None else data(
+                torch.from_numpy(features[valid_idx]), torch.from_numpy(targets[valid_idx]))
+            net = build_net(module.head, self._criterion, valid_dataset=valid,
+                            collate=None, **common)
+        else:
+            train = RawDataset(take(X, train_idx), targets[train_idx], backbone.preprocess)
+            valid = None if valid_idx is None else RawDataset(
+                take(X, valid_idx), targets[valid_idx], backbone.preprocess)
+            net = build_net(module, self._criterion, valid_dataset=valid,
+                            collate=train.collate, **common)
+        net.fit(train, y=None)
+        return net.history
+
+    def _forward(self, X):
+        """Validated X -> raw network outputs (numpy, float32)."""
+        check_is_fitted(self)
+        X, _ = self._validate_X(X, self._input_kind(), reset=False)
+        self.module_.to(self.device_)
+        return forward_batches(self.module_, self.backbone_.preprocess, X,
+                               batch_size=self.batch_size, device=self.device_,
+                               progress=self.verbose >= 1, desc="predict")
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        return tags

@@ -1,0 +1,125 @@
+"""Batched, gradient-free forward passes shared by every estimator."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbones import pool_features
+from .backbones._inputs import n_samples, take
+
+__all__ = ["resolve_device", "call_module", "to_device", "forward_batches",
+           "LayerOutput", "batch_order", "probe_width"]
+
+
+def resolve_device(device):
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; validate others."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not "
+                         "available on this machine; use device='auto' or 'cpu'.")
+    return str(dev)
+
+
+def to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
+def call_module(module, batch):
+    """Tokenised inputs are dicts passed as keywords; tensors positionally."""
+    return module(**batch) if isinstance(batch, dict) else module(batch)
+
+
+def batch_order(preprocess, X):
+    """Process texts longest first, like ``SentenceTransformer.encode``:
+    similar lengths share a batch, so padding (wasted compute) is minimal."""
+    lengths = getattr(preprocess, "lengths", None)
+    if lengths is None:
+        return None
+    return np.argsort([-n for n in lengths(X)], kind="stable")
+
+
+def forward_batches(module, preprocess, X, *, batch_size, device, progress=False,
+                    desc="batches"):
+    """Run ``module`` over X in batches under ``torch.inference_mode``.
+
+    Returns a float32 numpy array with one row per sample, in input order.
+    """
+    n = n_samples(X)
+    order = batch_order(preprocess, X)
+    index = np.arange(n) if order is None else order
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch")
+    module.eval()
+    out = None
+    with torch.inference_mode():
+        for start in starts:
+            idx = index[start:start + batch_size]
+            batch = to_device(preprocess(take(X, idx)), device)
+            result = pool_features(call_module(module, batch),
+                                   attention_mask=_mask(batch))
+            result = result.float().cpu().numpy()
+            if out is None:
+                out = np.empty((n, *result.shape[1:]), dtype=np.float32)
+            out[idx] = result
+    return out
+
+
+def probe_width(module, preprocess, X, device):
+    """Output width of ``module``, from one sample.
+
+    Uses ``no_grad`` rather than ``inference_mode``: lazy modules materialise
+    their parameters here, and inference tensors could never be trained.
+    """
+    module.eval()
+    with torch.no_grad():
+        batch = to_device(preprocess(take(X, np.arange(1))), device)
+        out = pool_features(call_module(module, batch), attention_mask=_mask(batch))
+    return int(out.shape[1])
+
+
+def _mask(batch):
+    return batch.get("attention_mask") if isinstance(batch, dict) else None
+
+
+class _Stop(Exception):
+    """Raised by a forward hook to skip the layers above the one we read."""
+
+
+class LayerOutput(nn.Module):
+    """Features read at the output of one block of a backbone.
+
+    The forward pass stops at that block (a forward hook raises), so reading
+    a low layer costs only the layers below it.
+    """
+
+    def __init__(self, module, block_modules, pooling="mean"):
+        super().__init__()
+        self.module = module
+        self.target = block_modules[-1]
+        self.pooling = pooling
+
+    def forward(self, *args, **kwargs):
+        captured = {}
+
+        def hook(_, __, output):
+            captured["out"] = output
+            raise _Stop
+
+        handle = self.target.register_forward_hook(hook)
+        try:
+            call_module(self.module, kwargs if kwargs else args[0])
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return pool_features(captured["out"], self.pooling,
+                             attention_mask=kwargs.get("attention_mask"))

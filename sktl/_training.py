@@ -1,0 +1,159 @@
+"""Training pieces: heads, freezing, the backbone+head module, the skorch net."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import EarlyStopping, ProgressBar
+from skorch.helper import predefined_split
+from torch import nn
+
+from ._inference import call_module
+from .backbones import pool_features
+from .backbones._inputs import take
+
+__all__ = ["make_head", "freeze", "TransferModule", "RawDataset", "build_net"]
+
+OPTIMIZERS = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+def make_head(head, n_in, n_out):
+    """The new task head: ``"linear"``, ``"mlp"`` or ``head(n_in, n_out)``."""
+    if head == "linear":
+        return nn.Linear(n_in, n_out)
+    if head == "mlp":
+        hidden = int(min(512, max(64, n_in)))
+        return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(0.1),
+                             nn.Linear(hidden, n_out))
+    module = head(n_in, n_out)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"head(n_in, n_out) must return a torch.nn.Module, got "
+                        f"{type(module).__name__}.")
+    return module
+
+
+def freeze(backbone, unfreeze):
+    """Set ``requires_grad`` for ``unfreeze`` top blocks; return those blocks.
+
+    Returns the list of trainable backbone modules, or ``None`` for
+    ``unfreeze="all"`` (everything trains).
+    """
+    if unfreeze == "all":
+        backbone.module.requires_grad_(True)
+        return None
+    n_blocks = len(backbone.blocks)
+    if unfreeze > n_blocks:
+        raise ValueError(
+            f"unfreeze={unfreeze} but the backbone has only {n_blocks} blocks "
+            f"{backbone.block_names}; use an int in [0, {n_blocks}] or 'all'."
+        )
+    backbone.module.requires_grad_(False)
+    trainable = [m for _, mods in backbone.blocks[n_blocks - unfreeze:] for m in mods]
+    for m in trainable:
+        m.requires_grad_(True)
+    return trainable
+
+
+class TransferModule(nn.Module):
+    """Backbone followed by a head, with frozen blocks kept in eval mode.
+
+    ``requires_grad=False`` alone would still update BatchNorm running
+    statistics and apply dropout in frozen blocks whenever the net is in
+    train mode; overriding :meth:`train` keeps frozen blocks exactly as
+    pretrained.
+    """
+
+    def __init__(self, backbone, head, trainable=None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        # A plain list: these are submodules of ``backbone`` already.
+        self.__dict__["trainable_blocks"] = trainable
+
+    def forward(self, *args, **kwargs):
+        features = self.backbone(*args, **kwargs)
+        features = pool_features(features, attention_mask=kwargs.get("attention_mask"))
+        return self.head(features)
+
+    def train(self, mode=True):
+        self.training = mode
+        self.head.train(mode)
+        if self.trainable_blocks is None:
+            self.backbone.train(mode)
+        else:
+            self.backbone.train(False)
+            for m in self.trainable_blocks:
+                m.train(mode)
+        return self
+
+
+class RawDataset(torch.utils.data.Dataset):
+    """Indices into raw inputs; the collate function preprocesses a batch."""
+
+    def __init__(self, X, y, preprocess):
+        self.X, self.y, self.preprocess = X, y, preprocess
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return i
+
+    def collate(self, indices):
+        idx = np.asarray(indices)
+        return self.preprocess(take(self.X, idx)), self.y[idx]
+
+
+class _TransferNet(NeuralNet):
+    """skorch net that hands only trainable parameters to the optimizer."""
+
+    def get_all_learnable_params(self):
+        for name, param in super().get_all_learnable_params():
+            if param.requires_grad:
+                yield name, param
+
+    def infer(self, x, **fit_params):
+        x = self._to_device(x)
+        return call_module(self.module_, x)
+
+    def _to_device(self, x):
+        if isinstance(x, dict):
+            return {k: v.to(self.device) for k, v in x.items()}
+        return x.to(self.device)
+
+
+def build_net(module, criterion, *, lr, backbone_lr, optimizer, max_epochs,
+              batch_size, device, valid_dataset, early_stopping, collate, verbose):
+    """Configure the skorch net that trains ``module`` (or a bare head)."""
+    callbacks = []
+    if valid_dataset is not None:
+        patience = 5 if early_stopping is True else int(early_stopping)
+        callbacks.append(("early_stopping", EarlyStopping(patience=patience,
+                                                           load_best=True)))
+    if verbose >= 2:
+        callbacks.append(("progress_bar", ProgressBar()))
+    optimizer_cls = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
+    iterator_kwargs = {}
+    if collate is not None:
+        iterator_kwargs = {"iterator_train__collate_fn": collate,
+                           "iterator_valid__collate_fn": collate}
+    return _TransferNet(
+        module,
+        criterion=criterion,
+        optimizer=optimizer_cls,
+        lr=lr,
+        optimizer__param_groups=[("backbone.*", {"lr": backbone_lr})],
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        iterator_train__shuffle=True,
+        train_split=predefined_split(valid_dataset) if valid_dataset is not None else None,
+        callbacks=callbacks,
+        device=device,
+        verbose=int(verbose >= 1),
+        **iterator_kwargs,
+    )

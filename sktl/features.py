@@ -1,0 +1,187 @@
+"""FeatureExtractor: a frozen pretrained backbone as a scikit-learn transformer."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import BackboneEstimatorMixin
+from ._inference import LayerOutput, forward_batches, probe_width, resolve_device
+from .backbones import resolve_backbone
+
+__all__ = ["FeatureExtractor"]
+
+
+class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
+    """Embed images or texts with a frozen pretrained backbone.
+
+    ``transform`` runs the backbone in batches under
+    ``torch.inference_mode`` and returns one row of features per sample,
+    so any scikit-learn estimator can be trained on top, for instance as the
+    first step of a :class:`~sklearn.pipeline.Pipeline`.
+
+    Parameters
+    ----------
+    backbone : str, os.PathLike, torch.nn.Module, type or fitted estimator, default="resnet18"
+        A torchvision model name, a sentence-transformers folder or hub name,
+        a ``torch.nn.Module`` (copied), or a fitted sktl estimator (its
+        fine-tuned backbone is used). Stored as given; loaded in :meth:`fit`.
+    weights : str, os.PathLike or None, default="DEFAULT"
+        torchvision weights name, a local checkpoint, or ``None`` (random).
+    layer : int, str or None, default=None
+        Read the features at the output of this block (index or name, see
+        ``block_names_``) instead of the final embedding. The forward pass
+        stops there, so lower layers are also cheaper.
+    pooling : {"auto", "mean", "max", "cls", "flatten"}, default="auto"
+        How an intermediate layer's output is reduced to a vector: over
+        space for feature maps, over tokens (padding excluded) for texts.
+        ``"auto"`` is ``"mean"``; the final embedding uses the backbone's own
+        pooling.
+    batch_size : int, default=32
+        Samples per forward pass.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA when available.
+    random_state : int, RandomState or None, default=None
+        Seeds the initialisation of backbones that are not pretrained
+        (``weights=None``, module classes, lazy modules).
+    verbose : int, default=0
+        ``1`` shows a progress bar during :meth:`transform`.
+
+    Attributes
+    ----------
+    backbone_ : sktl.backbones.Backbone
+        The loaded backbone.
+    block_names_ : list of str
+        Names of the backbone's blocks, usable as ``layer``.
+    n_features_out_ : int
+        Width of the features.
+    n_features_in_ : int
+        Number of input features, for array inputs only.
+    device_ : str
+        Device the backbone runs on.
+
+    See Also
+    --------
+    TransferClassifier : Fine-tunes the backbone instead of freezing it.
+
+    Examples
+    --------
+    >>> import numpy as np
+import torch
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sktl import FeatureExtractor
+    >>> rng = np.random.RandomState(0)
+    >>> images = rng.randint(0, 255, size=(8, 32, 32, 3), dtype=np.uint8)
+    >>> fe = FeatureExtractor("resnet18", weights=None).fit(images)
+    >>> fe.transform(images).shape
+    (8, 512)
+    >>> FeatureExtractor("resnet18", weights=None, layer="layer2").fit_transform(images).shape
+    (8, 128)
+    >>> pipe = make_pipeline(FeatureExtractor("resnet18", weights=None),
+    ...                      LogisticRegression()).fit(images, [0, 1] * 4)
+    """
+
+    _parameter_constraints = {
+        "backbone": "no_validation",
+        "weights": "no_validation",
+        "layer": [Integral, str, None],
+        "pooling": [StrOptions({"auto", "mean", "avg", "max", "cls", "flatten"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(self, backbone="resnet18", *, weights="DEFAULT", layer=None,
+                 pooling="auto", batch_size=32, device="auto", random_state=None,
+                 verbose=0):
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y=None):
+        """Load the backbone and check ``X``; no training happens.
+
+        Parameters
+        ----------
+        X : array-like, list of str, list of PIL images or paths
+            Inputs of the kind the backbone reads.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : FeatureExtractor
+        """
+        self._validate_params()
+        device = resolve_device(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._torch_seed())
+            backbone = resolve_backbone(self.backbone, self.weights)
+            X, _ = self._validate_X(X, backbone.input_kind, reset=True)
+            backbone.module.eval().to(device)
+            module = self._extraction_module(backbone)
+            width = backbone.n_features
+            if self.layer is not None or width is None:
+                width = probe_width(module, backbone.preprocess, X, device)
+        backbone.module.requires_grad_(False)
+        self.backbone_ = backbone
+        self.extractor_ = module
+        self.block_names_ = backbone.block_names
+        self.n_features_out_ = int(width)
+        self.device_ = device
+        return self
+
+    def _extraction_module(self, backbone):
+        if self.layer is None:
+            return backbone.module
+        pooling = "mean" if self.pooling == "auto" else self.pooling
+        return LayerOutput(backbone.module, backbone.block_modules(self.layer), pooling)
+
+    def transform(self, X):
+        """Features of ``X``.
+
+        Parameters
+        ----------
+        X : array-like, list of str, list of PIL images or paths
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features_out_), dtype float32
+        """
+        check_is_fitted(self)
+        X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
+        self.extractor_.to(self.device_)
+        return forward_batches(self.extractor_, self.backbone_.preprocess, X,
+                               batch_size=self.batch_size, device=self.device_,
+                               progress=self.verbose >= 1, desc="features")
+
+    def get_feature_names_out(self, input_features=None):
+        """Names ``featureextractor0``, ``featureextractor1``, ...
+
+        Returns
+        -------
+        ndarray of str
+        """
+        check_is_fitted(self)
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self.n_features_out_)],
+                          dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.non_deterministic = self.random_state is None
+        return tags

