@@ -1,0 +1,89 @@
+"""Helpers shared by the benchmark modules (not a benchmark itself).
+
+* :func:`alternate` times competing implementations side by side, in ABBA
+  order, so that drifting machine load hits both alike;
+* :func:`fashion_images` / :func:`sst2_texts` build the standard inputs.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import numpy as np
+
+__all__ = ["alternate", "best", "median", "fashion_images", "sst2_texts", "load_average"]
+
+
+def alternate(funcs, reps):
+    """Call every function of ``funcs`` (a dict name -> callable) ``reps`` times.
+
+    Repetition ``r`` runs them in the given order when ``r`` is even and in
+    reverse order when it is odd (ABBA...), so that none always runs first
+    or right after a particular other one.
+
+    Returns
+    -------
+    times : dict name -> list of float
+        Wall-clock seconds of each call.
+    outputs : dict name -> list
+        What each call returned.
+    """
+    names = list(funcs)
+    times = {name: [] for name in names}
+    outputs = {name: [] for name in names}
+    for r in range(reps):
+        for name in names if r % 2 == 0 else names[::-1]:
+            gc.collect()
+            start = time.perf_counter()
+            out = funcs[name]()
+            times[name].append(time.perf_counter() - start)
+            outputs[name].append(out)
+    return times, outputs
+
+
+def best(values):
+    return float(min(values))
+
+
+def median(values):
+    return float(np.median(values))
+
+
+def load_average():
+    return float(os.getloadavg()[0]) if hasattr(os, "getloadavg") else float("nan")
+
+
+def fashion_images(n, size=32, channels=3):
+    """The first ``n`` Fashion-MNIST training images as uint8 NHWC RGB.
+
+    The 28x28 grey images are upscaled (bilinear) to ``size`` x ``size`` and
+    tiled to ``channels`` channels, once, outside any timing.
+
+    Returns
+    -------
+    X : ndarray of shape (n, size, size, channels), uint8
+    y : ndarray of shape (n,), int64
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from sktl.datasets import load_fashion_mnist
+
+    X, y = load_fashion_mnist("train")
+    X, y = X[:n], y[:n]
+    if size != X.shape[1]:
+        t = torch.from_numpy(X).float()[:, None]
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+        X = t.round().clamp_(0, 255).to(torch.uint8)[:, 0].numpy()
+    X = np.ascontiguousarray(np.repeat(X[..., None], channels, axis=-1))
+    return X, np.ascontiguousarray(y)
+
+
+def sst2_texts(n):
+    """The first ``n`` SST-2 training sentences and their labels."""
+    from sktl.datasets import load_sentiment
+
+    texts, y = load_sentiment("sst2", "train")
+    return list(texts[:n]), y[:n]
