@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-__all__ = ["alternate", "best", "median", "fashion_images", "sst2_texts", "load_average"]
+__all__ = ["alternate", "best", "fashion_images", "load_average", "median", "sst2_texts"]
 
 
 def alternate(funcs, reps):

@@ -8,10 +8,12 @@ own ``torch.nn.Module`` or a fitted sktl model) wrapped as estimators:
   with the top ``unfreeze`` backbone blocks fine-tuned.
 """
 
-from .classifier import TransferClassifier
-from .features import FeatureExtractor
-from .regressor import TransferRegressor
+__version__ = "0.1.0"  # first: submodules read it
 
-__version__ = "0.1.0"
+from .classifier import TransferClassifier  # noqa: E402
+from .features import FeatureExtractor  # noqa: E402
+from .persistence import load, save  # noqa: E402
+from .regressor import TransferRegressor  # noqa: E402
 
-__all__ = ["FeatureExtractor", "TransferClassifier", "TransferRegressor", "__version__"]
+__all__ = ["FeatureExtractor", "TransferClassifier", "TransferRegressor", "save", "load",
+           "__version__"]

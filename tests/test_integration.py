@@ -32,7 +32,7 @@ def test_minilm_features_logistic_regression_on_full_sst2(minilm_dir, sst2):
     assert accuracy >= 0.78
 
 
-def test_minilm_fine_tuning_top_layer(minilm_dir, sst2):
+def test_minilm_fine_tuning_top_layer(minilm_dir, sst2, tmp_path):
     (X_train, y_train), (X_test, y_test) = sst2
     rng = np.random.RandomState(0)
     train = rng.choice(len(X_train), 400, replace=False)
@@ -47,6 +47,13 @@ def test_minilm_fine_tuning_top_layer(minilm_dir, sst2):
     accuracy = clf.score(X_test[:400], y_test[:400])
     print(f"SST-2 accuracy after fine-tuning the top layer on 400 sentences: {accuracy:.4f}")
     assert accuracy >= 0.75
+    # The safe format (safetensors + JSON) round-trips a fine-tuned encoder.
+    import sktl
+
+    sktl.save(clf, tmp_path / "minilm-sst2")
+    again = sktl.load(tmp_path / "minilm-sst2")
+    np.testing.assert_allclose(again.predict_proba(X_test[:50]), clf.predict_proba(X_test[:50]),
+                               atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -225,3 +225,36 @@ def test_feature_extractor_pandas_output_and_names(blobs):
     assert low.transform(X).shape == (len(X), 16)
     with pytest.raises(ValueError, match="valid names are"):
         FeatureExtractor(TinyNet, layer="nope").fit(X)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TransferClassifier(TinyNet, unfreeze=1, max_epochs=2, random_state=0),
+    lambda: TransferRegressor(TinyNet, unfreeze="all", max_epochs=2, random_state=0),
+    lambda: FeatureExtractor(TinyNet, layer="block1", random_state=0),
+])
+def test_safe_format_round_trip(make, blobs, tmp_path):
+    import sktl
+
+    X, y = blobs
+    est = make().fit(X, y)
+    sktl.save(est, tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "config.json", "model.safetensors"]
+    loaded = sktl.load(tmp_path / "model")
+    assert type(loaded) is type(est)
+    assert loaded.get_params()["unfreeze" if hasattr(est, "unfreeze") else "layer"] == \
+        est.get_params()["unfreeze" if hasattr(est, "unfreeze") else "layer"]
+    method = "transform" if isinstance(est, FeatureExtractor) else "predict"
+    np.testing.assert_array_equal(getattr(loaded, method)(X), getattr(est, method)(X))
+    if hasattr(est, "classes_"):
+        np.testing.assert_array_equal(loaded.classes_, est.classes_)
+
+
+def test_safe_format_refuses_what_it_cannot_rebuild(blobs, tmp_path):
+    import sktl
+
+    X, y = blobs
+    clf = TransferClassifier(TinyNet, head=lambda i, o: torch.nn.Linear(i, o), max_epochs=1)
+    clf.fit(X, y)
+    with pytest.raises(TypeError, match="head=.*pickle"):
+        sktl.save(clf, tmp_path / "m")

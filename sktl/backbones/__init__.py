@@ -23,13 +23,16 @@ from torch import nn
 from ._base import Backbone, default_blocks, pool_features
 from ._inputs import ArrayPreprocessor
 from ._sentence_transformers import load_sentence_transformer, looks_like_sentence_transformer
-from ._torchvision import is_torchvision_name, load_torchvision
+from ._inputs import ImagePreprocessor
+from ._torchvision import is_torchvision_name, load_torchvision, pretrained_transform
 from ._weights import WeightsUnavailableError, load_state_dict_file
 
 __all__ = [
     "Backbone",
     "WeightsUnavailableError",
     "resolve_backbone",
+    "rebuild_backbone",
+    "import_qualname",
     "pool_features",
 ]
 
@@ -136,3 +139,38 @@ def resolve_backbone(backbone, weights="DEFAULT"):
         f"backbone must be a model name, a folder, a torch.nn.Module or a fitted "
         f"sktl estimator; got {type(backbone).__name__}."
     )
+
+
+def import_qualname(path):
+    """The object at ``"package.module:Qual.Name"``."""
+    import importlib
+
+    module_name, _, qualname = path.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def rebuild_backbone(spec):
+    """The architecture and preprocessing described by ``Backbone.spec``,
+    without pretrained weights (the caller loads saved ones into it).
+
+    Used by :func:`sktl.load`: torchvision models are rebuilt from their
+    name, sentence-transformers encoders from their folder or hub name, and
+    module backbones by importing their class and calling it without
+    arguments.
+    """
+    kind = spec.get("kind")
+    if kind == "torchvision":
+        backbone = load_torchvision(spec["name"], weights=None)
+        if spec.get("transform"):
+            backbone.preprocess = ImagePreprocessor(
+                transform=pretrained_transform(spec["transform"]), channels=3)
+        backbone.spec = dict(spec)
+        return backbone
+    if kind == "sentence_transformers":
+        return load_sentence_transformer(spec["name"])
+    if kind == "module":
+        return _from_module(import_qualname(spec["class"]), "DEFAULT")
+    raise ValueError(f"Cannot rebuild a backbone from spec {spec!r}.")

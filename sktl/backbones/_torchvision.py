@@ -18,7 +18,8 @@ from ._base import Backbone, default_blocks
 from ._inputs import ImagePreprocessor
 from ._weights import WeightsUnavailableError, load_state_dict_file
 
-__all__ = ["is_torchvision_name", "load_torchvision", "torchvision_names"]
+__all__ = ["is_torchvision_name", "load_torchvision", "torchvision_names",
+           "pretrained_transform"]
 
 
 @lru_cache(maxsize=1)
@@ -49,17 +50,25 @@ def _resolve_enum(name, weights):
         ) from None
 
 
+def pretrained_transform(weights_name):
+    """The preprocessing of a torchvision weights enum, e.g.
+    ``"ResNet18_Weights.IMAGENET1K_V1"`` (metadata only: nothing is downloaded)."""
+    import torchvision
+
+    return torchvision.models.get_weight(weights_name).transforms()
+
+
 def _build(name, weights):
-    """The full torchvision model and the transform its weights expect."""
+    """The full torchvision model, its weights' transform, and their name."""
     import torchvision
 
     builder = torchvision.models.get_model_builder(name)
     if weights is None:
-        return builder(weights=None), None
+        return builder(weights=None), None, None
     if isinstance(weights, (os.PathLike, str)) and Path(weights).is_file():
         model = builder(weights=None)
         model.load_state_dict(load_state_dict_file(weights))
-        return model, None
+        return model, None, None
     enum_member = _resolve_enum(name, weights)
     try:
         model = builder(weights=enum_member)
@@ -70,7 +79,7 @@ def _build(name, weights):
             f"{Path(enum_member.url).name} there, or pass weights=<path to a "
             "local checkpoint>, or weights=None for random initialisation."
         ) from exc
-    return model, enum_member.transforms()
+    return model, enum_member.transforms(), str(enum_member)
 
 
 def _cache_dir():
@@ -125,13 +134,13 @@ def _blocks(model):
 
 def load_torchvision(name, weights="DEFAULT"):
     """Build torchvision model ``name`` without its head, as a :class:`Backbone`."""
-    model, transform = _build(name, weights)
+    model, transform, weights_name = _build(name, weights)
     n_features = _cut_head(model)
     return Backbone(
         module=model,
         blocks=_blocks(model),
         preprocess=ImagePreprocessor(transform=transform, channels=3),
         input_kind="image",
-        spec={"kind": "torchvision", "name": name},
+        spec={"kind": "torchvision", "name": name, "transform": weights_name},
         n_features=n_features,
     )

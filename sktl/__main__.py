@@ -1,0 +1,5 @@
+"""``python -m sktl`` runs the demo."""
+
+from .demo import main
+
+main()
