@@ -29,18 +29,24 @@ def alternate(funcs, reps):
         Wall-clock seconds of each call.
     outputs : dict name -> list
         What each call returned.
+    cpu : dict name -> list of float
+        CPU seconds of this process (all threads) during each call. Less
+        sensitive than wall time to other processes competing for the cores.
     """
     names = list(funcs)
     times = {name: [] for name in names}
     outputs = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for r in range(reps):
         for name in names if r % 2 == 0 else names[::-1]:
             gc.collect()
+            cpu_start = time.process_time()
             start = time.perf_counter()
             out = funcs[name]()
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
             outputs[name].append(out)
-    return times, outputs
+    return times, outputs, cpu
 
 
 def best(values):

@@ -72,7 +72,6 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
     Examples
     --------
     >>> import numpy as np
-import torch
     >>> from sklearn.linear_model import LogisticRegression
     >>> from sklearn.pipeline import make_pipeline
     >>> from sktl import FeatureExtractor
