@@ -258,3 +258,59 @@ def test_safe_format_refuses_what_it_cannot_rebuild(blobs, tmp_path):
     clf.fit(X, y)
     with pytest.raises(TypeError, match="head=.*pickle"):
         sktl.save(clf, tmp_path / "m")
+
+
+def test_feature_extractor_in_pipeline_under_grid_search_and_cv(blobs):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    X, y = blobs
+    pipe = make_pipeline(FeatureExtractor(TinyNet, random_state=0),
+                         LogisticRegression(max_iter=500))
+    search = GridSearchCV(pipe, {"featureextractor__layer": [None, "block1"],
+                                 "logisticregression__C": [0.1, 1.0]}, cv=3).fit(X, y)
+    assert search.best_score_ > 0.9
+    scores = cross_validate(pipe, X, y, cv=3)["test_score"]
+    assert scores.mean() > 0.9
+
+
+def test_text_inputs_are_validated():
+    from sktl.backbones._inputs import validate_texts
+
+    assert validate_texts(np.array(["a", "b"])) == ["a", "b"]
+    with pytest.raises(TypeError, match="single string"):
+        validate_texts("just one text")
+    with pytest.raises(TypeError, match="sample 1 is a float"):
+        validate_texts(["fine", float("nan")])
+    with pytest.raises(ValueError, match="1-D sequence"):
+        validate_texts(np.array([["a"], ["b"]]))
+    with pytest.raises(ValueError, match="0 texts"):
+        validate_texts([])
+
+
+def test_verbose_shows_progress_and_epoch_log(blobs, capsys):
+    X, y = blobs
+    clf = TransferClassifier(TinyNet, max_epochs=2, verbose=1, random_state=0).fit(X, y)
+    clf.predict(X)
+    out = capsys.readouterr()
+    assert "train_loss" in out.out
+    assert "predict" in out.err and "features" in out.err
+
+
+def test_device_validation(blobs):
+    X, y = blobs
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            TransferClassifier(TinyNet, device="cuda").fit(X, y)
+    clf = TransferClassifier(TinyNet, device="cpu", max_epochs=1).fit(X, y)
+    assert clf.device_ == "cpu"
+
+
+def test_set_params_then_refit_starts_from_the_pretrained_backbone(blobs):
+    """No warm start: every fit restarts from the backbone parameter."""
+    X, y = blobs
+    clf = TransferClassifier(TinyNet, unfreeze="all", max_epochs=3, random_state=0)
+    first = clf.fit(X, y).predict_proba(X)
+    clf.set_params(max_epochs=1).fit(X, y)
+    clf.set_params(max_epochs=3).fit(X, y)
+    np.testing.assert_array_equal(clf.predict_proba(X), first)
