@@ -10,10 +10,16 @@ own ``torch.nn.Module`` or a fitted sktl model) wrapped as estimators:
 
 __version__ = "0.1.0"  # first: submodules read it
 
-from .classifier import TransferClassifier  # noqa: E402
-from .features import FeatureExtractor  # noqa: E402
-from .persistence import load, save  # noqa: E402
-from .regressor import TransferRegressor  # noqa: E402
+from .classifier import TransferClassifier
+from .features import FeatureExtractor
+from .persistence import load, save
+from .regressor import TransferRegressor
 
-__all__ = ["FeatureExtractor", "TransferClassifier", "TransferRegressor", "save", "load",
-           "__version__"]
+__all__ = [
+    "FeatureExtractor",
+    "TransferClassifier",
+    "TransferRegressor",
+    "__version__",
+    "load",
+    "save",
+]

@@ -9,8 +9,15 @@ from torch import nn
 from .backbones import pool_features
 from .backbones._inputs import n_samples, take
 
-__all__ = ["resolve_device", "call_module", "to_device", "forward_batches",
-           "LayerOutput", "batch_order", "probe_width"]
+__all__ = [
+    "LayerOutput",
+    "batch_order",
+    "call_module",
+    "forward_batches",
+    "probe_width",
+    "resolve_device",
+    "to_device",
+]
 
 
 def resolve_device(device):

@@ -13,7 +13,7 @@ from ._inference import call_module
 from .backbones import pool_features
 from .backbones._inputs import take
 
-__all__ = ["make_head", "freeze", "TransferModule", "RawDataset", "build_net"]
+__all__ = ["RawDataset", "TransferModule", "build_net", "freeze", "make_head"]
 
 OPTIMIZERS = {
     "adamw": torch.optim.AdamW,

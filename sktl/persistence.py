@@ -24,7 +24,7 @@ from ._inference import resolve_device
 from ._training import TransferModule, freeze, make_head
 from .backbones import import_qualname, rebuild_backbone
 
-__all__ = ["save", "load"]
+__all__ = ["load", "save"]
 
 _CONFIG = "config.json"
 _WEIGHTS = "model.safetensors"

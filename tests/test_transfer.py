@@ -35,7 +35,7 @@ def test_frozen_blocks_and_batchnorm_stats_stay_unchanged(unfreeze):
     conv1 = [k for k in before if k.startswith("conv1")]
     conv2 = [k for k in before if k.startswith("conv2")]
     assert any("running_mean" in k for k in conv1)
-    unchanged = lambda keys: all(torch.equal(before[k], after[k]) for k in keys)  # noqa: E731
+    unchanged = lambda keys: all(torch.equal(before[k], after[k]) for k in keys)
     if unfreeze == 0:
         assert unchanged(conv1) and unchanged(conv2)
     elif unfreeze == 1:

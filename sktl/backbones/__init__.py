@@ -21,19 +21,18 @@ import os
 from torch import nn
 
 from ._base import Backbone, default_blocks, pool_features
-from ._inputs import ArrayPreprocessor
+from ._inputs import ArrayPreprocessor, ImagePreprocessor
 from ._sentence_transformers import load_sentence_transformer, looks_like_sentence_transformer
-from ._inputs import ImagePreprocessor
 from ._torchvision import is_torchvision_name, load_torchvision, pretrained_transform
 from ._weights import WeightsUnavailableError, load_state_dict_file
 
 __all__ = [
     "Backbone",
     "WeightsUnavailableError",
-    "resolve_backbone",
-    "rebuild_backbone",
     "import_qualname",
     "pool_features",
+    "rebuild_backbone",
+    "resolve_backbone",
 ]
 
 

@@ -15,13 +15,14 @@ what an estimator needs to use it without knowing its architecture:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "pool_features", "default_blocks", "named_blocks"]
+__all__ = ["Backbone", "default_blocks", "named_blocks", "pool_features"]
 
 
 @dataclass

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 __all__ = [
-    "ImagePreprocessor",
     "ArrayPreprocessor",
+    "ImagePreprocessor",
+    "n_samples",
+    "take",
     "validate_images",
     "validate_texts",
-    "take",
-    "n_samples",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -18,8 +18,12 @@ from ._base import Backbone, default_blocks
 from ._inputs import ImagePreprocessor
 from ._weights import WeightsUnavailableError, load_state_dict_file
 
-__all__ = ["is_torchvision_name", "load_torchvision", "torchvision_names",
-           "pretrained_transform"]
+__all__ = [
+    "is_torchvision_name",
+    "load_torchvision",
+    "pretrained_transform",
+    "torchvision_names",
+]
 
 
 @lru_cache(maxsize=1)
