@@ -4,6 +4,7 @@ reproducible seeding, cloning and pickling; and the fine-tuning core of
 
 from __future__ import annotations
 
+import copy
 import io
 from numbers import Integral, Real
 
@@ -41,7 +42,12 @@ class BackboneEstimatorMixin:
         params = self.get_params(deep=False)
         cloned = {k: v if _is_fitted_sktl(v) else clone(v, safe=False)
                   for k, v in params.items()}
-        return type(self)(**cloned)
+        new = type(self)(**cloned)
+        # What sklearn's own clone carries over besides parameters.
+        for attr in ("_sklearn_output_config", "_metadata_request"):
+            if attr in self.__dict__:
+                setattr(new, attr, copy.deepcopy(self.__dict__[attr]))
+        return new
 
     def get_params(self, deep=True):
         params = super().get_params(deep=False)
@@ -78,7 +84,7 @@ class BackboneEstimatorMixin:
     # -- pickling: torch objects go through torch.save so that a model fitted
     # on a GPU loads on a CPU-only machine (map_location).
     def __getstate__(self):
-        state = self.__dict__.copy()
+        state = dict(super().__getstate__())  # may be self.__dict__ itself
         torch_keys = [k for k, v in state.items() if k.endswith("_") and
                       (isinstance(v, torch.nn.Module) or type(v).__name__ == "Backbone")]
         if torch_keys:
@@ -89,7 +95,7 @@ class BackboneEstimatorMixin:
 
     def __setstate__(self, state):
         blob = state.pop("_sktl_torch_state", None)
-        self.__dict__.update(state)
+        super().__setstate__(state)  # sklearn's version-mismatch warning
         if blob is not None:
             location = None if torch.cuda.is_available() else "cpu"
             self.__dict__.update(torch.load(io.BytesIO(blob), map_location=location,

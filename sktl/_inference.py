@@ -97,8 +97,9 @@ def _mask(batch):
     return batch.get("attention_mask") if isinstance(batch, dict) else None
 
 
-class _Stop(Exception):
-    """Raised by a forward hook to skip the layers above the one we read."""
+class _Stop(BaseException):
+    """Raised by a forward hook to skip the layers above the one we read
+    (a BaseException, so that a model's own ``except Exception`` lets it pass)."""
 
 
 class LayerOutput(nn.Module):

@@ -43,10 +43,12 @@ def freeze(backbone, unfreeze):
     Returns the list of trainable backbone modules, or ``None`` for
     ``unfreeze="all"`` (everything trains).
     """
-    if unfreeze == "all":
+    n_blocks = len(backbone.blocks)
+    if unfreeze == "all" or unfreeze == n_blocks:
+        # Every block: parameters outside blocks (ViT's class token and
+        # position embedding, a module's own nn.Parameters) train too.
         backbone.module.requires_grad_(True)
         return None
-    n_blocks = len(backbone.blocks)
     if unfreeze > n_blocks:
         raise ValueError(
             f"unfreeze={unfreeze} but the backbone has only {n_blocks} blocks "

@@ -43,9 +43,17 @@ def _estimator_classes():
 
 def _jsonable_params(estimator):
     params = {}
-    for key, value in estimator.get_params(deep=False).items():
-        if key in ("backbone", "weights"):
-            continue  # replaced by the backbone recipe and the saved weights
+    original = estimator.get_params(deep=False)
+    for key, value in original.items():
+        if key == "backbone":
+            continue  # replaced by the backbone recipe
+        if key == "weights":
+            # Refitting a loaded model starts from the same weights when
+            # they have a name; a fitted source or file is not carried over.
+            named = value is None or (isinstance(value, str) and not Path(value).exists())
+            from_source = hasattr(original["backbone"], "backbone_")
+            params[key] = value if named and not from_source else None
+            continue
         if key == "random_state" and not (value is None or isinstance(value, int)):
             value = None
         if not (value is None or isinstance(value, (str, int, float, bool))):
@@ -101,8 +109,14 @@ def save(estimator, path):
     name = type(estimator).__name__
     if name not in _estimator_classes():
         raise TypeError(f"sktl.save handles sktl estimators, not {name}.")
-    if estimator.backbone_.spec.get("kind") == "module" and estimator.backbone_.spec.get(
-            "class", "").startswith("__main__:"):
+    spec = estimator.backbone_.spec
+    if spec.get("kind") == "module" and spec.get("instance"):
+        raise TypeError(
+            "The backbone was passed as a module instance, whose constructor "
+            "arguments are unknown; pass the class (backbone=MyNet) to use the "
+            "safe format, or store this model with pickle/joblib."
+        )
+    if spec.get("kind") == "module" and spec.get("class", "").startswith("__main__:"):
         raise TypeError("The backbone class is defined in __main__; move it to an "
                         "importable module so that sktl.load can rebuild it.")
     head = getattr(estimator, "module_", None)

@@ -314,3 +314,46 @@ def test_set_params_then_refit_starts_from_the_pretrained_backbone(blobs):
     clf.set_params(max_epochs=1).fit(X, y)
     clf.set_params(max_epochs=3).fit(X, y)
     np.testing.assert_array_equal(clf.predict_proba(X), first)
+
+
+def test_grid_search_over_several_fitted_sources(blobs):
+    from sklearn.frozen import FrozenEstimator
+
+    X, y = blobs
+    sources = [TransferClassifier(TinyNet, unfreeze="all", max_epochs=e, random_state=0).fit(X, y)
+               for e in (1, 5)]
+    search = GridSearchCV(TransferClassifier(max_epochs=2, lr=0.01, random_state=0),
+                          {"backbone": [FrozenEstimator(s) for s in sources]}, cv=2,
+                          error_score="raise").fit(X, y)
+    assert search.best_estimator_.backbone.estimator in sources
+
+
+def test_clone_keeps_set_output(blobs):
+    X, _ = blobs
+    fe = FeatureExtractor(TinyNet, random_state=0).set_output(transform="pandas")
+    assert hasattr(clone(fe).fit_transform(X), "columns")
+
+
+def test_integer_and_float_pixel_ranges():
+    from sktl.backbones._inputs import ImagePreprocessor
+
+    rng = np.random.RandomState(0)
+    u8 = rng.randint(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    p = ImagePreprocessor()
+    torch.testing.assert_close(p(u8.astype(np.int64)), p(u8))
+    torch.testing.assert_close(p(u8.astype(np.uint16) * 257), p(u8))
+    with pytest.warns(UserWarning, match="divide 0-255"):
+        p(u8.astype(np.float32))
+    with pytest.warns(UserWarning, match="greyscale images"):
+        from sktl.backbones._inputs import validate_images
+
+        validate_images(u8[0])
+
+
+def test_safe_format_refuses_module_instances(blobs, tmp_path):
+    import sktl
+
+    X, y = blobs
+    clf = TransferClassifier(TinyNet(), max_epochs=1).fit(X, y)
+    with pytest.raises(TypeError, match="pass the class"):
+        sktl.save(clf, tmp_path / "m")

@@ -3,7 +3,8 @@
 Accepted values, checked in this order:
 
 * a fitted sktl estimator (its trained backbone is the starting point:
-  "pretrain on the source, then fine-tune on the target");
+  "pretrain on the source, then fine-tune on the target"), optionally
+  wrapped in ``sklearn.frozen.FrozenEstimator`` to grid-search over sources;
 * a ``torch.nn.Module`` class (instantiated without arguments) or instance
   (deep-copied: the object the user passed is never trained or mutated);
 * a torchvision classification model name (``"resnet18"``, ``"vit_b_16"``);
@@ -102,6 +103,10 @@ def resolve_backbone(backbone, weights="DEFAULT"):
     >>> bb.n_features
     512
     """
+    if type(backbone).__name__ == "FrozenEstimator":
+        # sklearn.frozen.FrozenEstimator(source): clone() returns it as is,
+        # which lets a grid search range over several fitted sources.
+        backbone = backbone.estimator
     if _is_fitted_sktl_estimator(backbone):
         resolved = copy.deepcopy(backbone.backbone_)
         if weights not in ("DEFAULT", None):
@@ -141,13 +146,15 @@ def resolve_backbone(backbone, weights="DEFAULT"):
 
 
 def import_qualname(path):
-    """The object at ``"package.module:Qual.Name"``."""
+    """The ``nn.Module`` class at ``"package.module:Qual.Name"`` (imports it)."""
     import importlib
 
     module_name, _, qualname = path.partition(":")
     obj = importlib.import_module(module_name)
     for part in qualname.split("."):
         obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise TypeError(f"{path} is not a torch.nn.Module class.")
     return obj
 
 

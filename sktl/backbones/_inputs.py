@@ -10,6 +10,7 @@ that memory stays bounded by the batch size.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,11 @@ def validate_images(X):
     if hasattr(X, "to_numpy") and not isinstance(X, np.ndarray):
         X = X.to_numpy()
     if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim == 3 and X.shape[-1] in (3, 4) and X.shape[1] > 4:
+            warnings.warn(
+                f"Images of shape {X.shape} are read as {X.shape[0]} greyscale "
+                f"images of {X.shape[1]}x{X.shape[2]} pixels; for one colour image "
+                "pass X[None].", UserWarning, stacklevel=3)
         if X.ndim not in (3, 4):
             raise ValueError(
                 f"Expected images as a 3-D (n, height, width) or 4-D (n, h, w, c) / "
@@ -117,19 +123,45 @@ def _load_image(x):
     return x
 
 
+def _scale(arr):
+    """Pixel values -> float32 in [0, 1]: integers by their range, floats as given."""
+    if arr.dtype == np.uint8 or arr.dtype.kind in "iu" and arr.max(initial=0) <= 255:
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).div_(255.0)
+    if arr.dtype.kind in "iu":  # 16-bit and wider images
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).div_(
+            float(np.iinfo(arr.dtype).max))
+    if arr.size and arr.max() > 1.5:
+        warnings.warn(
+            "Float images are expected in [0, 1] but values reach "
+            f"{float(arr.max()):.3g}; divide 0-255 pixel values by 255 first.",
+            UserWarning, stacklevel=4)
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def _pil_to_array(x):
+    """PIL image -> array keeping its bit depth (16-bit and float modes too)."""
+    if not hasattr(x, "convert"):
+        return np.asarray(x)
+    if x.mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(x).astype(np.uint16)
+    if x.mode in ("I", "F", "L"):
+        return np.asarray(x)
+    return np.asarray(x.convert("RGB"))
+
+
 def _array_to_nchw(arr):
     arr = np.asarray(arr)
     if arr.ndim == 3:  # (n, h, w) grey
         arr = arr[:, None]
-    elif arr.ndim == 4 and arr.shape[1] not in (1, 3) and arr.shape[-1] in (1, 3, 4):
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and (
+            arr.shape[1] not in (1, 3, 4) or arr.shape[-1] <= arr.shape[1]):
+        # NHWC unless channels-first is the only reading; ties (tiny images
+        # such as 3x3x3) follow numpy/PIL's channels-last convention.
         arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     elif arr.ndim != 4 or arr.shape[1] not in (1, 3, 4):
         raise ValueError(f"Cannot tell the channel axis of images of shape "
                          f"{arr.shape}; use (n, h, w), (n, h, w, c) or (n, c, h, w).")
-    tensor = torch.from_numpy(np.ascontiguousarray(arr))
-    if arr.dtype == np.uint8:
-        return tensor.float().div_(255.0)
-    return tensor.float()
+    return _scale(arr)
 
 
 class ImagePreprocessor:
@@ -180,13 +212,15 @@ class ImagePreprocessor:
         if isinstance(batch, np.ndarray) and batch.dtype != object:
             return self._finish(_array_to_nchw(batch))
         # Lists may mix sizes: finish each image, then stack.
-        out = []
-        for x in batch:
-            x = _load_image(x)
-            if hasattr(x, "convert"):
-                mode = "L" if x.mode in ("L", "I", "F", "1") else "RGB"
-                x = np.asarray(x.convert(mode))
-            out.append(self._finish(_array_to_nchw(np.asarray(x)[None]))[0])
+        out = [self._finish(_array_to_nchw(_pil_to_array(_load_image(x))[None]))[0]
+               for x in batch]
+        sizes = {tuple(t.shape) for t in out}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"Images of different sizes {sorted(sizes)} cannot be batched without "
+                "a resizing transform; resize them first, or use pretrained weights "
+                "whose preprocessing resizes."
+            )
         return torch.stack(out)
 
 

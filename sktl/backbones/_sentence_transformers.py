@@ -50,7 +50,9 @@ class TextPreprocessor:
         self.model = model
 
     def __call__(self, texts):
-        features = self.model.preprocess(list(texts))
+        # sentence-transformers >= 6 names it preprocess; older ones tokenize.
+        tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize
+        features = tokenize(list(texts))
         return {k: v for k, v in features.items() if isinstance(v, torch.Tensor)}
 
     def lengths(self, texts):

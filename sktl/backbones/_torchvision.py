@@ -70,9 +70,12 @@ def _build(name, weights):
     if weights is None:
         return builder(weights=None), None, None
     if isinstance(weights, (os.PathLike, str)) and Path(weights).is_file():
+        # A local copy of pretrained weights: same preprocessing as the
+        # downloaded ones (transforms are metadata, nothing is fetched).
         model = builder(weights=None)
         model.load_state_dict(load_state_dict_file(weights))
-        return model, None, None
+        default = torchvision.models.get_model_weights(name).DEFAULT
+        return model, default.transforms(), str(default)
     enum_member = _resolve_enum(name, weights)
     try:
         model = builder(weights=enum_member)
@@ -133,7 +136,8 @@ def _blocks(model):
             if isinstance(mod, nn.Module) and _has_params(mod):
                 blocks.append((tail, [mod]))
         return blocks
-    return default_blocks(model)
+    # Auxiliary classifiers (GoogLeNet, Inception) never run at inference.
+    return [(n, m) for n, m in default_blocks(model) if not n.lower().startswith("aux")]
 
 
 def load_torchvision(name, weights="DEFAULT"):
