@@ -2,4 +2,5 @@
 
 from .demo import main
 
-main()
+if __name__ == "__main__":  # not when pytest imports it for doctests
+    main()
