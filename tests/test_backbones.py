@@ -119,3 +119,26 @@ def test_sentence_transformer_folder(minilm_dir):
     assert bb.block_names[:2] == ["embeddings", "encoder.layer.0"]
     assert len(bb.blocks) == 7
     assert bb.n_features == 384
+
+
+def test_hub_name_resolves_from_the_local_hugging_face_cache(minilm_dir, tmp_path, monkeypatch):
+    """A hub name goes through huggingface_hub's real lookup; with the files
+    in the standard cache layout it loads offline."""
+    import shutil
+
+    repo = tmp_path / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(minilm_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    bb = resolve_backbone("sentence-transformers/all-MiniLM-L6-v2")
+    assert bb.spec["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    ref = resolve_backbone(minilm_dir)
+    batch = ref.preprocess(["a test sentence"])
+    torch.testing.assert_close(bb.module.eval()(**batch), ref.module.eval()(**batch))
