@@ -52,7 +52,10 @@ class TextPreprocessor:
     def __call__(self, texts):
         # sentence-transformers >= 6 names it preprocess; older ones tokenize.
         tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize
-        features = tokenize(list(texts))
+        # Apply the model's default prompt (e5/bge "query: ") as encode() does.
+        name = getattr(self.model, "default_prompt_name", None)
+        prompt = getattr(self.model, "prompts", {}).get(name) if name else None
+        features = tokenize(list(texts), prompt=prompt) if prompt else tokenize(list(texts))
         return {k: v for k, v in features.items() if isinstance(v, torch.Tensor)}
 
     def lengths(self, texts):
