@@ -11,7 +11,7 @@ ESTIMATORS = [
     TransferClassifier(TinyNet, unfreeze=0, **FAST),
     TransferClassifier(TinyNet, unfreeze="all", **FAST),
     TransferRegressor(TinyNet, unfreeze=1, **FAST),
-    FeatureExtractor(TinyNet),
+    FeatureExtractor(TinyNet, random_state=0),
     # The backbone as an instance rather than a class.
     TransferClassifier(TinyNet(), unfreeze=1, **FAST),
 ]
