@@ -10,16 +10,19 @@ own ``torch.nn.Module`` or a fitted sktl model) wrapped as estimators:
 
 __version__ = "0.1.0"  # first: submodules read it
 
+from ._cache import FeatureCache, default_cache
 from .classifier import TransferClassifier
 from .features import FeatureExtractor
 from .persistence import load, save
 from .regressor import TransferRegressor
 
 __all__ = [
+    "FeatureCache",
     "FeatureExtractor",
     "TransferClassifier",
     "TransferRegressor",
     "__version__",
+    "default_cache",
     "load",
     "save",
 ]

@@ -16,6 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
+from ._cache import FeatureCache, extraction_key, resolve_cache
 from ._inference import forward_batches, probe_width, resolve_device
 from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
 from .backbones import resolve_backbone
@@ -122,6 +123,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "device": [str, None],
         "random_state": ["random_state"],
+        "cache": ["boolean", FeatureCache],
         "verbose": ["verbose"],
     }
 
@@ -129,7 +131,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                  head="linear", lr=1e-3, backbone_lr=None, max_epochs=10,
                  batch_size=32, optimizer="adamw", early_stopping=False,
                  validation_fraction=0.1, device="auto", random_state=None,
-                 verbose=0):
+                 cache=True, verbose=0):
         self.backbone = backbone
         self.weights = weights
         self.unfreeze = unfreeze
@@ -143,6 +145,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.device = device
         self.random_state = random_state
+        self.cache = cache
         self.verbose = verbose
 
     # Subclasses define: _encode_targets(y) -> (targets, n_outputs, fitted attrs),
@@ -201,9 +204,13 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         if self.unfreeze == 0:
             # Frozen backbone: one forward pass over the data, then the head
             # trains on the features (never the backbone once per epoch).
+            cache = resolve_cache(self.cache)
+            key = None if cache is None else extraction_key(backbone, layer=None,
+                                                             pooling="auto")
             features = forward_batches(backbone.module, backbone.preprocess, X,
                                        batch_size=self.batch_size, device=device,
-                                       progress=self.verbose >= 1, desc="features")
+                                       progress=self.verbose >= 1, desc="features",
+                                       cache=cache, key=key)
             data = torch.utils.data.TensorDataset
             train = data(torch.from_numpy(features[train_idx]),
                          torch.from_numpy(targets[train_idx]))

@@ -52,11 +52,16 @@ def batch_order(preprocess, X):
 
 
 def forward_batches(module, preprocess, X, *, batch_size, device, progress=False,
-                    desc="batches"):
+                    desc="batches", cache=None, key=None):
     """Run ``module`` over X in batches under ``torch.inference_mode``.
 
     Returns a float32 numpy array with one row per sample, in input order.
+    With a ``cache`` (and the ``key`` of what ``module`` computes), rows
+    seen before are read from it and only new samples run through the model.
     """
+    if cache is not None:
+        return _cached_forward(module, preprocess, X, cache, key, batch_size=batch_size,
+                               device=device, progress=progress, desc=desc)
     n = n_samples(X)
     order = batch_order(preprocess, X)
     index = np.arange(n) if order is None else order
@@ -78,6 +83,20 @@ def forward_batches(module, preprocess, X, *, batch_size, device, progress=False
                 out = np.empty((n, *result.shape[1:]), dtype=np.float32)
             out[idx] = result
     return out
+
+
+def _cached_forward(module, preprocess, X, cache, key, **kwargs):
+    from ._cache import sample_hashes
+
+    hashes = sample_hashes(X)
+    rows = cache.lookup(key, hashes)
+    missing = [i for i, row in enumerate(rows) if row is None]
+    if missing:
+        computed = forward_batches(module, preprocess, take(X, np.asarray(missing)), **kwargs)
+        cache.store(key, [hashes[i] for i in missing], computed)
+        for i, row in zip(missing, computed):
+            rows[i] = row
+    return np.stack(rows).astype(np.float32, copy=False)
 
 
 def probe_width(module, preprocess, X, device):

@@ -63,6 +63,10 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
     random_state : int, RandomState or None, default=None
         Seeds weight initialisation, shuffling, dropout and the validation
         split: the same value and data give identical predictions.
+    cache : bool or FeatureCache, default=True
+        With ``unfreeze=0``, read the frozen backbone's features from the
+        feature cache (shared with :class:`FeatureExtractor`, clones, CV
+        folds and grid-search candidates); see :class:`FeatureExtractor`.
     verbose : int, default=0
         ``1`` prints an epoch log and progress bars for feature extraction
         and prediction; ``2`` adds a per-batch training progress bar.

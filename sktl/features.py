@@ -11,6 +11,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import BackboneEstimatorMixin
+from ._cache import FeatureCache, extraction_key, resolve_cache
 from ._inference import LayerOutput, forward_batches, probe_width, resolve_device
 from .backbones import resolve_backbone
 
@@ -49,6 +50,13 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
     random_state : int, RandomState or None, default=None
         Seeds the initialisation of backbones that are not pretrained
         (``weights=None``, module classes, lazy modules).
+    cache : bool or FeatureCache, default=True
+        Reuse feature rows across calls, clones, CV folds and grid-search
+        candidates: rows are keyed by the backbone's weights fingerprint,
+        ``layer``, ``pooling`` and preprocessing, and by each sample's
+        content. ``True`` uses the process-wide in-memory cache
+        (``sktl.default_cache()``, bounded, least recently used rows go first);
+        ``False`` always runs the backbone.
     verbose : int, default=0
         ``1`` shows a progress bar during :meth:`transform`.
 
@@ -94,12 +102,13 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, None],
         "random_state": ["random_state"],
+        "cache": ["boolean", FeatureCache],
         "verbose": ["verbose"],
     }
 
     def __init__(self, backbone="resnet18", *, weights="DEFAULT", layer=None,
                  pooling="auto", batch_size=32, device="auto", random_state=None,
-                 verbose=0):
+                 cache=True, verbose=0):
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
@@ -107,6 +116,7 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
         self.random_state = random_state
+        self.cache = cache
         self.verbose = verbose
 
     def fit(self, X, y=None):
@@ -135,6 +145,8 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
             if self.layer is not None or width is None:
                 width = probe_width(module, backbone.preprocess, X, device)
         backbone.module.requires_grad_(False)
+        self._extraction_key = extraction_key(backbone, layer=self.layer,
+                                              pooling=self.pooling)
         self.backbone_ = backbone
         self.extractor_ = module
         self.block_names_ = backbone.block_names
@@ -164,7 +176,8 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         self.extractor_.to(self.device_)
         return forward_batches(self.extractor_, self.backbone_.preprocess, X,
                                batch_size=self.batch_size, device=self.device_,
-                               progress=self.verbose >= 1, desc="features")
+                               progress=self.verbose >= 1, desc="features",
+                               cache=resolve_cache(self.cache), key=self._extraction_key)
 
     def get_feature_names_out(self, input_features=None):
         """Names ``featureextractor0``, ``featureextractor1``, ...

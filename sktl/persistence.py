@@ -20,6 +20,7 @@ from safetensors.torch import load_file, load_model, save_model
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
+from ._cache import extraction_key
 from ._inference import resolve_device
 from ._training import TransferModule, freeze, make_head
 from .backbones import import_qualname, rebuild_backbone
@@ -173,6 +174,8 @@ def load(path, *, device="auto"):
         backbone.module.requires_grad_(False).eval().to(device)
         estimator.backbone_ = backbone
         estimator.extractor_ = estimator._extraction_module(backbone)
+        estimator._extraction_key = extraction_key(backbone, layer=estimator.layer,
+                                                   pooling=estimator.pooling)
     else:
         head = make_head(estimator.head, backbone.n_features, config["n_outputs"])
         module = TransferModule(backbone.module, head)

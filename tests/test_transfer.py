@@ -290,7 +290,9 @@ def test_text_inputs_are_validated():
 
 def test_verbose_shows_progress_and_epoch_log(blobs, capsys):
     X, y = blobs
-    clf = TransferClassifier(TinyNet, max_epochs=2, verbose=1, random_state=0).fit(X, y)
+    # cache=False: features computed before would be read silently from the cache.
+    clf = TransferClassifier(TinyNet, max_epochs=2, verbose=1, random_state=0,
+                             cache=False).fit(X, y)
     clf.predict(X)
     out = capsys.readouterr()
     assert "train_loss" in out.out

@@ -81,8 +81,8 @@ class Backbone:
         h = hashlib.sha256(repr(sorted(self.spec.items())).encode())
         for name, tensor in self.module.state_dict().items():
             h.update(name.encode())
-            t = tensor.detach().cpu().contiguous()
-            h.update(str(t.dtype).encode())
+            t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d buffers too
+            h.update(f"{t.dtype}{tuple(tensor.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
 

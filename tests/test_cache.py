@@ -1,0 +1,113 @@
+"""The feature cache: hits and misses, keys, equality with uncached runs."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyNet
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+
+from sktl import FeatureCache, FeatureExtractor, TransferClassifier
+
+
+@pytest.fixture
+def cache():
+    return FeatureCache()
+
+
+def test_second_transform_is_served_from_the_cache(blobs, cache):
+    X, _ = blobs
+    fe = FeatureExtractor(TinyNet, random_state=0, cache=cache).fit(X)
+    first = fe.transform(X)
+    assert (cache.hits, cache.misses) == (0, len(X))
+    second = fe.transform(X)
+    assert (cache.hits, cache.misses) == (len(X), len(X))
+    np.testing.assert_array_equal(first, second)
+    # A clone (same weights: same random_state) reads the same rows; a subset too.
+    clone(fe).fit(X).transform(X[:10])
+    assert cache.hits == len(X) + 10
+
+
+def test_cached_and_uncached_results_agree(blobs, cache):
+    X, _ = blobs
+    cached = FeatureExtractor(TinyNet, random_state=0, cache=cache).fit(X)
+    cached.transform(X[::2])  # fill part of the cache in another batch layout
+    plain = FeatureExtractor(TinyNet, random_state=0, cache=False).fit(X)
+    np.testing.assert_allclose(cached.transform(X), plain.transform(X), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("before, after", [
+    ({}, {"random_state": 1}),                                # other weights
+    ({}, {"layer": "block1"}),                                # other layer
+    ({"layer": "block1"}, {"layer": "block1", "pooling": "max"}),
+])
+def test_any_change_of_key_misses(blobs, cache, before, after):
+    X, _ = blobs
+    FeatureExtractor(TinyNet, random_state=0, cache=cache, **before).fit(X).transform(X)
+    misses = cache.misses
+    params = {"random_state": 0, **after}
+    FeatureExtractor(TinyNet, cache=cache, **params).fit(X).transform(X)
+    assert cache.misses == misses + len(X)
+
+
+def test_changed_sample_content_misses(blobs, cache):
+    X, _ = blobs
+    fe = FeatureExtractor(TinyNet, random_state=0, cache=cache).fit(X)
+    fe.transform(X)
+    X2 = X.copy()
+    X2[0, 0] += 1.0
+    fe.transform(X2)
+    assert cache.misses == len(X) + 1
+    texts_cache = FeatureCache()
+    from sktl._cache import sample_hashes
+
+    assert sample_hashes(["a", "b"])[0] != sample_hashes(["b", "a"])[0]
+    assert len(texts_cache) == 0
+
+
+def test_fine_tuned_weights_never_read_stale_rows(blobs, cache):
+    X, y = blobs
+    pretrained = TinyNet()
+    pretrained(torch.zeros(1, 5))
+    FeatureExtractor(pretrained, cache=cache).fit(X).transform(X)
+    tuned = TransferClassifier(pretrained, unfreeze="all", max_epochs=3, lr=0.05,
+                               random_state=0, cache=cache).fit(X, y)
+    hits = cache.hits
+    from_tuned = FeatureExtractor(tuned, cache=cache).fit(X)
+    feats = from_tuned.transform(X)
+    assert cache.hits == hits  # new fingerprint: nothing reused
+    expected = FeatureExtractor(tuned, cache=False).fit(X).transform(X)
+    np.testing.assert_allclose(feats, expected, rtol=1e-6)
+
+
+def test_frozen_classifier_and_grid_search_share_rows(blobs, cache):
+    X, y = blobs
+    pretrained = TinyNet()
+    pretrained(torch.zeros(1, 5))
+    search = GridSearchCV(TransferClassifier(pretrained, max_epochs=2, cache=cache,
+                                             random_state=0),
+                          {"lr": [0.01, 0.05, 0.1]}, cv=3).fit(X, y)
+    # every sample's features were computed once; every later fit hit the cache
+    assert cache.misses == len(X)
+    assert cache.hits > 0
+    pipe = GridSearchCV(make_pipeline(FeatureExtractor(pretrained, cache=cache),
+                                      LogisticRegression()),
+                        {"logisticregression__C": [0.1, 1.0]}, cv=3).fit(X, y)
+    assert cache.misses == len(X)  # same backbone, same rows
+    assert search.best_score_ > 0.5 and pipe.best_score_ > 0.5
+
+
+def test_cache_is_shared_by_clones_bounded_and_picklable(blobs):
+    X, _ = blobs
+    small = FeatureCache(max_bytes=16 * 4 * 10)  # room for 10 rows of 16 float32
+    fe = FeatureExtractor(TinyNet, random_state=0, cache=small)
+    assert clone(fe).cache is small
+    fe.fit(X).transform(X)
+    assert len(small) == 10 and small.nbytes <= small.max_bytes
+    restored = pickle.loads(pickle.dumps(fe))
+    assert len(restored.cache) == 0
+    np.testing.assert_allclose(restored.transform(X), fe.transform(X), rtol=1e-6)
