@@ -346,9 +346,9 @@ def test_integer_and_float_pixel_ranges():
     torch.testing.assert_close(p(u8.astype(np.uint16) * 257), p(u8))
     with pytest.warns(UserWarning, match="divide 0-255"):
         p(u8.astype(np.float32))
-    with pytest.warns(UserWarning, match="greyscale images"):
-        from sktl.backbones._inputs import validate_images
+    from sktl.backbones._inputs import validate_images
 
+    with pytest.warns(UserWarning, match="greyscale images"):
         validate_images(u8[0])
 
 
