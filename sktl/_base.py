@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
 from ._cache import FeatureCache, extraction_key, resolve_cache
-from ._inference import forward_batches, probe_width, resolve_device
+from ._inference import forward_batches, probe_width, resolve_device, worker_threads
 from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
 from .backbones import resolve_backbone
 from .backbones._inputs import n_samples, take, validate_images, validate_texts
@@ -157,7 +157,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             raise ValueError(f"{type(self).__name__} requires y to be passed, "
                              "but the target y is None.")
         device = resolve_device(self.device)
-        with torch.random.fork_rng(devices=[]):
+        with worker_threads(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._torch_seed())
             backbone = resolve_backbone(self.backbone, self.weights)
             X, y = self._validate_X(X, backbone.input_kind, reset=True, y=y,
@@ -232,9 +232,10 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         check_is_fitted(self)
         X, _ = self._validate_X(X, self._input_kind(), reset=False)
         self.module_.to(self.device_)
-        return forward_batches(self.module_, self.backbone_.preprocess, X,
-                               batch_size=self.batch_size, device=self.device_,
-                               progress=self.verbose >= 1, desc="predict")
+        with worker_threads():
+            return forward_batches(self.module_, self.backbone_.preprocess, X,
+                                   batch_size=self.batch_size, device=self.device_,
+                                   progress=self.verbose >= 1, desc="predict")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

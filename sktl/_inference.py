@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -18,6 +21,27 @@ __all__ = [
     "resolve_device",
     "to_device",
 ]
+
+
+@contextlib.contextmanager
+def worker_threads():
+    """Cap torch's CPU threads at ``OMP_NUM_THREADS`` while sktl computes.
+
+    joblib's process workers (``GridSearchCV(n_jobs=k)``) set
+    ``OMP_NUM_THREADS`` to cores // k so that workers share the cores, but a
+    torch already configured otherwise (an import calling
+    ``torch.set_num_threads``) would ignore it and oversubscribe the machine.
+    """
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    before = torch.get_num_threads()
+    if not limit.isdigit() or int(limit) < 1 or before <= int(limit):
+        yield
+        return
+    torch.set_num_threads(int(limit))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(device):

@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import BackboneEstimatorMixin
 from ._cache import FeatureCache, extraction_key, resolve_cache
-from ._inference import LayerOutput, forward_batches, probe_width, resolve_device
+from ._inference import LayerOutput, forward_batches, probe_width, resolve_device, worker_threads
 from .backbones import resolve_backbone
 
 __all__ = ["FeatureExtractor"]
@@ -174,10 +174,11 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
         self.extractor_.to(self.device_)
-        return forward_batches(self.extractor_, self.backbone_.preprocess, X,
-                               batch_size=self.batch_size, device=self.device_,
-                               progress=self.verbose >= 1, desc="features",
-                               cache=resolve_cache(self.cache), key=self._extraction_key)
+        with worker_threads():
+            return forward_batches(self.extractor_, self.backbone_.preprocess, X,
+                                   batch_size=self.batch_size, device=self.device_,
+                                   progress=self.verbose >= 1, desc="features",
+                                   cache=resolve_cache(self.cache), key=self._extraction_key)
 
     def get_feature_names_out(self, input_features=None):
         """Names ``featureextractor0``, ``featureextractor1``, ...

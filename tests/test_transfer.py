@@ -359,3 +359,39 @@ def test_safe_format_refuses_module_instances(blobs, tmp_path):
     clf = TransferClassifier(TinyNet(), max_epochs=1).fit(X, y)
     with pytest.raises(TypeError, match="pass the class"):
         sktl.save(clf, tmp_path / "m")
+
+
+def test_parallel_cross_validation_limits_torch_threads_per_worker(blobs):
+    """n_jobs=2 on joblib's process backend: each worker runs torch with
+    cpu_count // n_jobs threads, so workers do not oversubscribe the cores."""
+    import os
+
+    from conftest import ThreadProbe
+
+    X, y = blobs
+    result = cross_validate(TransferClassifier(ThreadProbe, unfreeze=1, max_epochs=2,
+                                               random_state=0),
+                            X, y, cv=2, n_jobs=2, return_estimator=True)
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    for est in result["estimator"]:
+        assert est.backbone_.module.threads_seen == expected
+    serial = cross_validate(TransferClassifier(ThreadProbe, unfreeze=1, max_epochs=2,
+                                               random_state=0), X, y, cv=2)
+    np.testing.assert_allclose(result["test_score"], serial["test_score"])
+
+
+def test_worker_threads_caps_torch_at_omp_num_threads(monkeypatch):
+    from sktl._inference import worker_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        with worker_threads():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        with worker_threads():
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
