@@ -49,10 +49,13 @@ def sample_hashes(X):
 
 
 def extraction_key(backbone, **settings):
-    """What produced a row: backbone recipe + weights fingerprint + settings."""
-    if "_fingerprint" not in backbone.extra:
-        backbone.extra["_fingerprint"] = backbone.fingerprint()
-    parts = [backbone.extra["_fingerprint"], repr(sorted(backbone.spec.items())),
+    """What produced a row: backbone recipe + weights fingerprint + settings.
+
+    The fingerprint is recomputed on every call, never memoised on the
+    backbone: backbones are copied and fine-tuned, and a stale fingerprint
+    would serve the rows of the weights before training.
+    """
+    parts = [backbone.fingerprint(), repr(sorted(backbone.spec.items())),
              repr(getattr(backbone.preprocess, "transform", None)),
              repr(sorted(settings.items()))]
     return hashlib.blake2b("|".join(parts).encode(), digest_size=16).digest()

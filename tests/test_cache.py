@@ -111,3 +111,37 @@ def test_cache_is_shared_by_clones_bounded_and_picklable(blobs):
     restored = pickle.loads(pickle.dumps(fe))
     assert len(restored.cache) == 0
     np.testing.assert_allclose(restored.transform(X), fe.transform(X), rtol=1e-6)
+
+
+def test_halving_search_randomized_search_and_learning_curve_reuse_rows(blobs, cache):
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import (HalvingGridSearchCV, RandomizedSearchCV,
+                                         learning_curve)
+
+    X, y = blobs
+    pretrained = TinyNet()
+    pretrained(torch.zeros(1, 5))
+    clf = TransferClassifier(pretrained, max_epochs=2, cache=cache, random_state=0)
+    HalvingGridSearchCV(clf, {"lr": [0.003, 0.01, 0.03, 0.1]}, cv=2, min_resources=30,
+                        random_state=0).fit(X, y)
+    assert cache.misses == len(X)
+    RandomizedSearchCV(clf, {"lr": [0.003, 0.01, 0.03, 0.1]}, n_iter=3, cv=2,
+                       random_state=0).fit(X, y)
+    sizes, train_scores, test_scores = learning_curve(clf, X, y, cv=3,
+                                                      train_sizes=[0.5, 1.0])
+    assert cache.misses == len(X)  # every sample ran through the backbone once
+    assert np.all(np.isfinite(test_scores))
+
+
+def test_chained_fine_tuning_never_reads_the_sources_rows(blobs, cache):
+    """source (frozen, features cached) -> fine-tuned target -> extractor."""
+    X, y = blobs
+    pretrained = TinyNet()
+    pretrained(torch.zeros(1, 5))
+    frozen = TransferClassifier(pretrained, unfreeze=0, max_epochs=1, cache=cache,
+                                random_state=0).fit(X, y)
+    tuned = TransferClassifier(frozen, unfreeze="all", max_epochs=3, lr=0.05, cache=cache,
+                               random_state=0).fit(X, y)
+    got = FeatureExtractor(tuned, cache=cache).fit(X).transform(X)
+    expected = FeatureExtractor(tuned, cache=False).fit(X).transform(X)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
