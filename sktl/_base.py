@@ -19,14 +19,10 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, v
 from ._cache import FeatureCache, extraction_key, resolve_cache
 from ._inference import forward_batches, probe_width, resolve_device, worker_threads
 from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
-from .backbones import resolve_backbone
+from .backbones import is_fitted_sktl_estimator, resolve_backbone
 from .backbones._inputs import n_samples, take, validate_images, validate_texts
 
 __all__ = ["BackboneEstimatorMixin", "TransferEstimator"]
-
-
-def _is_fitted_sktl(value):
-    return hasattr(value, "__sktl_backbone__") and hasattr(value, "backbone_")
 
 
 class BackboneEstimatorMixin:
@@ -41,7 +37,7 @@ class BackboneEstimatorMixin:
     # (it is only read: resolve_backbone deep-copies its backbone).
     def __sklearn_clone__(self):
         params = self.get_params(deep=False)
-        cloned = {k: v if _is_fitted_sktl(v) else clone(v, safe=False)
+        cloned = {k: v if is_fitted_sktl_estimator(v) else clone(v, safe=False)
                   for k, v in params.items()}
         new = type(self)(**cloned)
         # What sklearn's own clone carries over besides parameters.
@@ -74,9 +70,6 @@ class BackboneEstimatorMixin:
         if y is not None:
             check_consistent_length(X, y)
         return X, y
-
-    def _input_kind(self):
-        return self.backbone_.input_kind
 
     # -- randomness -----------------------------------------------------------
     def _torch_seed(self):
@@ -197,10 +190,10 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
     def _train(self, module, backbone, X, targets, device):
         train_idx, valid_idx = self._split(n_samples(X), targets)
         backbone_lr = self.lr / 10 if self.backbone_lr is None else self.backbone_lr
-        common = dict(lr=self.lr, backbone_lr=backbone_lr, optimizer=self.optimizer,
-                      max_epochs=self.max_epochs, batch_size=self.batch_size,
-                      device=device, early_stopping=self.early_stopping,
-                      verbose=self.verbose)
+        common = {"lr": self.lr, "backbone_lr": backbone_lr, "optimizer": self.optimizer,
+                      "max_epochs": self.max_epochs, "batch_size": self.batch_size,
+                      "device": device, "early_stopping": self.early_stopping,
+                      "verbose": self.verbose}
         if self.unfreeze == 0:
             # Frozen backbone: one forward pass over the data, then the head
             # trains on the features (never the backbone once per epoch).
@@ -230,7 +223,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
     def _forward(self, X):
         """Validated X -> raw network outputs (numpy, float32)."""
         check_is_fitted(self)
-        X, _ = self._validate_X(X, self._input_kind(), reset=False)
+        X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
         self.module_.to(self.device_)
         with worker_threads():
             return forward_batches(self.module_, self.backbone_.preprocess, X,

@@ -9,7 +9,7 @@ from skorch.callbacks import EarlyStopping, ProgressBar
 from skorch.helper import predefined_split
 from torch import nn
 
-from ._inference import call_module
+from ._inference import call_module, to_device
 from .backbones import pool_features
 from .backbones._inputs import take
 
@@ -120,13 +120,7 @@ class _TransferNet(NeuralNet):
                 yield name, param
 
     def infer(self, x, **fit_params):
-        x = self._to_device(x)
-        return call_module(self.module_, x)
-
-    def _to_device(self, x):
-        if isinstance(x, dict):
-            return {k: v.to(self.device) for k, v in x.items()}
-        return x.to(self.device)
+        return call_module(self.module_, to_device(x, self.device))
 
 
 def build_net(module, criterion, *, lr, backbone_lr, optimizer, max_epochs,

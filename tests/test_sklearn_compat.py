@@ -5,7 +5,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sktl import FeatureExtractor, TransferClassifier, TransferRegressor
 
-FAST = dict(max_epochs=30, lr=0.02, batch_size=16, random_state=0)
+FAST = {"max_epochs": 30, "lr": 0.02, "batch_size": 16, "random_state": 0}
 
 ESTIMATORS = [
     TransferClassifier(TinyNet, unfreeze=0, **FAST),

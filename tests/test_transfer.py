@@ -73,7 +73,7 @@ def test_unfreeze_larger_than_blocks_is_rejected(blobs):
 
 def test_same_random_state_same_predictions(blobs):
     X, y = blobs
-    params = dict(unfreeze="all", max_epochs=3, early_stopping=2, random_state=7)
+    params = {"unfreeze": "all", "max_epochs": 3, "early_stopping": 2, "random_state": 7}
     a = TransferClassifier(TinyNet, **params).fit(X, y).predict_proba(X)
     b = TransferClassifier(TinyNet, **params).fit(X, y).predict_proba(X)
     np.testing.assert_array_equal(a, b)

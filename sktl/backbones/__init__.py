@@ -33,11 +33,12 @@ __all__ = [
     "import_qualname",
     "pool_features",
     "rebuild_backbone",
+    "is_fitted_sktl_estimator",
     "resolve_backbone",
 ]
 
 
-def _is_fitted_sktl_estimator(value):
+def is_fitted_sktl_estimator(value):
     return hasattr(value, "__sktl_backbone__") and hasattr(value, "backbone_")
 
 
@@ -107,7 +108,7 @@ def resolve_backbone(backbone, weights="DEFAULT"):
         # sklearn.frozen.FrozenEstimator(source): clone() returns it as is,
         # which lets a grid search range over several fitted sources.
         backbone = backbone.estimator
-    if _is_fitted_sktl_estimator(backbone):
+    if is_fitted_sktl_estimator(backbone):
         resolved = copy.deepcopy(backbone.backbone_)
         if weights not in ("DEFAULT", None):
             resolved.module.load_state_dict(load_state_dict_file(weights))
