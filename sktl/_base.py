@@ -16,7 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
-from ._cache import FeatureCache, extraction_key, resolve_cache
+from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
 from ._inference import forward_batches, probe_width, resolve_device, worker_threads
 from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
 from .backbones import is_fitted_sktl_estimator, resolve_backbone
@@ -116,7 +116,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "device": [str, None],
         "random_state": ["random_state"],
-        "cache": ["boolean", FeatureCache],
+        "cache": CACHE_CONSTRAINT,
         "verbose": ["verbose"],
     }
 

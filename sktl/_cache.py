@@ -17,7 +17,14 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["FeatureCache", "default_cache", "extraction_key", "resolve_cache", "sample_hashes"]
+__all__ = [
+    "CACHE_CONSTRAINT",
+    "FeatureCache",
+    "default_cache",
+    "extraction_key",
+    "resolve_cache",
+    "sample_hashes",
+]
 
 
 def _hash_sample(x):
@@ -145,6 +152,10 @@ _DEFAULT = FeatureCache()
 def default_cache():
     """The process-wide cache used when ``cache=True``."""
     return _DEFAULT
+
+
+#: ``_parameter_constraints`` entry of every estimator's ``cache`` parameter.
+CACHE_CONSTRAINT = ["boolean", None, FeatureCache]
 
 
 def resolve_cache(cache):

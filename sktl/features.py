@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import BackboneEstimatorMixin
-from ._cache import FeatureCache, extraction_key, resolve_cache
+from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
 from ._inference import LayerOutput, forward_batches, probe_width, resolve_device, worker_threads
 from .backbones import resolve_backbone
 
@@ -102,7 +102,7 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, None],
         "random_state": ["random_state"],
-        "cache": ["boolean", FeatureCache],
+        "cache": CACHE_CONSTRAINT,
         "verbose": ["verbose"],
     }
 
