@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import BackboneEstimatorMixin
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
 from ._inference import LayerOutput, forward_batches, probe_width, resolve_device, worker_threads
-from .backbones import resolve_backbone
+from .backbones import shared_backbone
 
 __all__ = ["FeatureExtractor"]
 
@@ -137,7 +137,7 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         device = resolve_device(self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._torch_seed())
-            backbone = resolve_backbone(self.backbone, self.weights)
+            backbone = shared_backbone(self.backbone, self.weights, device)
             X, _ = self._validate_X(X, backbone.input_kind, reset=True)
             backbone.module.eval().to(device)
             module = self._extraction_module(backbone)

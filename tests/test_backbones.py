@@ -142,3 +142,45 @@ def test_hub_name_resolves_from_the_local_hugging_face_cache(minilm_dir, tmp_pat
     ref = resolve_backbone(minilm_dir)
     batch = ref.preprocess(["a test sentence"])
     torch.testing.assert_close(bb.module.eval()(**batch), ref.module.eval()(**batch))
+
+
+def test_named_backbone_is_loaded_once_and_shared_only_for_inference(tmp_path):
+    import os
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision_resnet18().state_dict(), path)
+    images = np.random.RandomState(0).randint(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    first = FeatureExtractor("resnet18", weights=path).fit(images)
+    second = FeatureExtractor("resnet18", weights=str(path)).fit(images)
+    assert second.backbone_ is first.backbone_  # no reload per clone / fold
+    # Training estimators get their own copy, never the shared one.
+    clf = TransferClassifier("resnet18", weights=path, unfreeze=1, max_epochs=1,
+                             random_state=0).fit(images, [0, 1, 0, 1])
+    assert clf.backbone_.module is not first.backbone_.module
+    assert clf.backbone_.fingerprint() != first.backbone_.fingerprint()
+    # A rewritten checkpoint is another source: loaded again, new weights.
+    other = torchvision_resnet18()
+    torch.save(other.state_dict(), path)
+    os.utime(path, ns=(0, 1))
+    third = FeatureExtractor("resnet18", weights=path).fit(images)
+    assert third.backbone_ is not first.backbone_
+    torch.testing.assert_close(third.backbone_.module.conv1.weight, other.conv1.weight)
+
+
+def torchvision_resnet18():
+    import torchvision
+
+    return torchvision.models.resnet18(weights=None)
+
+
+def test_fingerprint_follows_in_place_changes_and_survives_copies():
+    bb = resolve_backbone("resnet18", weights=None)
+    before = bb.fingerprint()
+    copied = bb.copy()
+    assert copied.fingerprint() == before
+    with torch.no_grad():
+        copied.module.layer4[1].bn2.running_mean.add_(1.0)  # a buffer, in place
+    assert copied.fingerprint() != before
+    assert bb.fingerprint() == before
+    copied.module.load_state_dict(bb.module.state_dict())
+    assert copied.fingerprint() == before

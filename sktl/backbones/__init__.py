@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
+from collections import OrderedDict
 
 from torch import nn
 
@@ -35,6 +37,7 @@ __all__ = [
     "rebuild_backbone",
     "is_fitted_sktl_estimator",
     "resolve_backbone",
+    "shared_backbone",
 ]
 
 
@@ -109,7 +112,7 @@ def resolve_backbone(backbone, weights="DEFAULT"):
         # which lets a grid search range over several fitted sources.
         backbone = backbone.estimator
     if is_fitted_sktl_estimator(backbone):
-        resolved = copy.deepcopy(backbone.backbone_)
+        resolved = backbone.backbone_.copy()
         if weights not in ("DEFAULT", None):
             resolved.module.load_state_dict(load_state_dict_file(weights))
         return resolved
@@ -123,16 +126,11 @@ def resolve_backbone(backbone, weights="DEFAULT"):
         isinstance(backbone, type) and issubclass(backbone, nn.Module)
     ):
         return _from_module(backbone, weights)
-    if is_torchvision_name(backbone):
-        return load_torchvision(backbone, weights)
-    if looks_like_sentence_transformer(backbone):
-        resolved = load_sentence_transformer(backbone)
-        if weights is None:
-            raise ValueError("weights=None (random initialisation) is not "
-                             "supported for sentence-transformers encoders.")
-        if weights != "DEFAULT":
-            resolved.module.load_state_dict(load_state_dict_file(weights))
-        return resolved
+    key = _source_key(backbone, weights)
+    if key is not None:
+        return _loaded(key, "cpu", lambda: _load_named(backbone, weights)).copy()
+    if is_torchvision_name(backbone) or looks_like_sentence_transformer(backbone):
+        return _load_named(backbone, weights)
     if isinstance(backbone, (str, os.PathLike)):
         raise ValueError(
             f"Unknown backbone {str(backbone)!r}: it is not a torchvision model "
@@ -144,6 +142,109 @@ def resolve_backbone(backbone, weights="DEFAULT"):
         f"backbone must be a model name, a folder, a torch.nn.Module or a fitted "
         f"sktl estimator; got {type(backbone).__name__}."
     )
+
+
+def _load_named(backbone, weights):
+    if is_torchvision_name(backbone):
+        return load_torchvision(backbone, weights)
+    resolved = load_sentence_transformer(backbone)
+    if weights is None:
+        raise ValueError("weights=None (random initialisation) is not "
+                         "supported for sentence-transformers encoders.")
+    if weights != "DEFAULT":
+        resolved.module.load_state_dict(load_state_dict_file(weights))
+    return resolved
+
+
+# Pretrained models loaded from a name or a folder, kept for the next fit:
+# a grid search clones and fits its FeatureExtractor once per fold and
+# candidate, and loading (plus hashing the weights for the feature cache)
+# would otherwise cost more than reading the cached features. Two entries
+# bound the memory held; random initialisations are never kept.
+_LOADED = OrderedDict()
+_LOADED_MAX = 2
+_LOAD_LOCK = threading.RLock()
+
+
+def _file_identity(path):
+    """Path, size and modification time of a file, or of every file in a
+    folder: a rewritten checkpoint is a new source."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return (path, stat.st_size, stat.st_mtime_ns)
+    entries = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            stat = os.stat(os.path.join(root, name))
+            entries.append((os.path.relpath(os.path.join(root, name), path),
+                            stat.st_size, stat.st_mtime_ns))
+    return (path, tuple(sorted(entries)))
+
+
+def _source_key(backbone, weights):
+    """What determines a named pretrained backbone's weights, or ``None``
+    when it cannot be reused (random initialisation, modules, estimators)."""
+    if weights is None or not isinstance(backbone, (str, os.PathLike)):
+        return None
+    if isinstance(weights, os.PathLike) or (isinstance(weights, str)
+                                            and os.path.isfile(weights)):
+        weights = _file_identity(weights)
+    elif not isinstance(weights, str):
+        return None
+    if is_torchvision_name(backbone):
+        return ("torchvision", backbone, weights, _checkpoint_identity(backbone, weights))
+    if looks_like_sentence_transformer(backbone):
+        where = _file_identity(backbone) if os.path.isdir(backbone) else os.fspath(backbone)
+        return ("sentence_transformers", where, weights)
+    return None
+
+
+def _checkpoint_identity(name, weights):
+    """The downloaded file behind a torchvision weights name (``$TORCH_HOME``
+    may change, the file may appear or be replaced)."""
+    if isinstance(weights, tuple):  # a local file, identified already
+        return None
+    from ._torchvision import _cache_dir, _resolve_enum
+
+    try:
+        url = _resolve_enum(name, weights).url
+    except ValueError:  # reported by the real load
+        return None
+    path = _cache_dir() / os.path.basename(url)
+    return _file_identity(path) if path.is_file() else (os.fspath(path), None)
+
+
+def _loaded(key, device, load):
+    with _LOAD_LOCK:
+        entry = _LOADED.get((key, device))
+        if entry is None:
+            if device == "cpu":
+                entry = load()
+            else:
+                entry = _loaded(key, "cpu", load).copy()
+                entry.module.to(device)
+            _LOADED[(key, device)] = entry
+            while len(_LOADED) > _LOADED_MAX:
+                _LOADED.popitem(last=False)
+        _LOADED.move_to_end((key, device))
+        return entry
+
+
+def shared_backbone(backbone, weights="DEFAULT", device="cpu"):
+    """Like :func:`resolve_backbone`, for inference only: a named pretrained
+    model is loaded once per process and device and the same
+    :class:`Backbone` is returned to every caller, who must not modify it
+    (:class:`~sktl.FeatureExtractor` uses it frozen, in eval mode).
+    Other values resolve to a fresh backbone moved to ``device``."""
+    key = _source_key(backbone, weights)
+    if key is None:
+        resolved = resolve_backbone(backbone, weights)
+        resolved.module.to(device)
+        return resolved
+    resolved = _loaded(key, device, lambda: _load_named(backbone, weights))
+    resolved.module.eval().requires_grad_(False)
+    return resolved
 
 
 def import_qualname(path):

@@ -14,6 +14,7 @@ what an estimator needs to use it without knowing its architecture:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,14 +78,50 @@ class Backbone:
         return self.blocks[index][1]
 
     def fingerprint(self):
-        """A sha256 of the architecture recipe and every weight and buffer."""
+        """A sha256 of the architecture recipe and every weight and buffer.
+
+        Hashing every weight costs about a second per 300 MB, so the digest
+        is remembered together with a cheap token of the tensors' identities
+        and in-place version counters: any optimizer step, ``load_state_dict``
+        or ``.to()`` changes the token and the weights are hashed again.
+        """
+        token = _state_token(self.module)
+        remembered = self.extra.get("_fingerprint")
+        if token is not None and remembered is not None and remembered[0] == token:
+            return remembered[1]
         h = hashlib.sha256(repr(sorted(self.spec.items())).encode())
         for name, tensor in self.module.state_dict().items():
             h.update(name.encode())
             t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d buffers too
             h.update(f"{t.dtype}{tuple(tensor.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()
+        digest = h.hexdigest()
+        if token is not None:
+            self.extra["_fingerprint"] = (token, digest)
+        return digest
+
+    def copy(self):
+        """A deep copy that owns its module; a known fingerprint carries over
+        (same weights), so copies of a loaded model are not hashed again."""
+        remembered = self.extra.get("_fingerprint")
+        valid = remembered is not None and remembered[0] == _state_token(self.module)
+        duplicate = copy.deepcopy(self)
+        token = _state_token(duplicate.module)
+        if valid and token is not None:
+            duplicate.extra["_fingerprint"] = (token, remembered[1])
+        else:
+            duplicate.extra.pop("_fingerprint", None)
+        return duplicate
+
+
+def _state_token(module):
+    """Identity of every tensor of ``module`` and its in-place version counter,
+    or ``None`` when a tensor does not track versions (inference tensors)."""
+    try:
+        return tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape))
+                     for name, t in module.state_dict(keep_vars=True).items())
+    except RuntimeError:
+        return None
 
 
 def pool_features(out: Any, pooling: str = "mean", attention_mask=None):
