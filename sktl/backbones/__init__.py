@@ -33,9 +33,9 @@ __all__ = [
     "Backbone",
     "WeightsUnavailableError",
     "import_qualname",
+    "is_fitted_sktl_estimator",
     "pool_features",
     "rebuild_backbone",
-    "is_fitted_sktl_estimator",
     "resolve_backbone",
     "shared_backbone",
 ]
