@@ -18,11 +18,16 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, v
 
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
 from ._inference import forward_batches, probe_width, resolve_device, worker_threads
+from ._prefix import split_frozen_prefix
 from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
 from .backbones import is_fitted_sktl_estimator, resolve_backbone
 from .backbones._inputs import n_samples, take, validate_images, validate_texts
 
 __all__ = ["BackboneEstimatorMixin", "TransferEstimator"]
+
+#: Above this size the frozen blocks' outputs are not stored: training runs
+#: through the frozen blocks every epoch instead (slower, no memory).
+PREFIX_MAX_BYTES = 2 << 30
 
 
 class BackboneEstimatorMixin:
@@ -117,6 +122,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         "device": [str, None],
         "random_state": ["random_state"],
         "cache": CACHE_CONSTRAINT,
+        "cache_prefix": ["boolean"],
         "verbose": ["verbose"],
     }
 
@@ -124,7 +130,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                  head="linear", lr=1e-3, backbone_lr=None, max_epochs=10,
                  batch_size=32, optimizer="adamw", early_stopping=False,
                  validation_fraction=0.1, device="auto", random_state=None,
-                 cache=True, verbose=0):
+                 cache=True, cache_prefix=True, verbose=0):
         self.backbone = backbone
         self.weights = weights
         self.unfreeze = unfreeze
@@ -139,6 +145,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.cache = cache
+        self.cache_prefix = cache_prefix
         self.verbose = verbose
 
     # Subclasses define: _encode_targets(y) -> (targets, n_outputs, fitted attrs),
@@ -191,34 +198,61 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         train_idx, valid_idx = self._split(n_samples(X), targets)
         backbone_lr = self.lr / 10 if self.backbone_lr is None else self.backbone_lr
         common = {"lr": self.lr, "backbone_lr": backbone_lr, "optimizer": self.optimizer,
-                      "max_epochs": self.max_epochs, "batch_size": self.batch_size,
-                      "device": device, "early_stopping": self.early_stopping,
-                      "verbose": self.verbose}
-        if self.unfreeze == 0:
-            # Frozen backbone: one forward pass over the data, then the head
-            # trains on the features (never the backbone once per epoch).
-            cache = resolve_cache(self.cache)
-            key = None if cache is None else extraction_key(backbone, layer=None,
-                                                             pooling="auto")
-            features = forward_batches(backbone.module, backbone.preprocess, X,
-                                       batch_size=self.batch_size, device=device,
-                                       progress=self.verbose >= 1, desc="features",
-                                       cache=cache, key=key)
-            data = torch.utils.data.TensorDataset
-            train = data(torch.from_numpy(features[train_idx]),
-                         torch.from_numpy(targets[train_idx]))
-            valid = None if valid_idx is None else data(
-                torch.from_numpy(features[valid_idx]), torch.from_numpy(targets[valid_idx]))
-            net = build_net(module.head, self._criterion, valid_dataset=valid,
-                            collate=None, **common)
-        else:
+                  "max_epochs": self.max_epochs, "batch_size": self.batch_size,
+                  "device": device, "early_stopping": self.early_stopping,
+                  "verbose": self.verbose}
+        precomputed = self._precompute(module, backbone, X, device)
+        if precomputed is None:  # train through every block, every epoch
             train = RawDataset(take(X, train_idx), targets[train_idx], backbone.preprocess)
             valid = None if valid_idx is None else RawDataset(
                 take(X, valid_idx), targets[valid_idx], backbone.preprocess)
             net = build_net(module, self._criterion, valid_dataset=valid,
                             collate=train.collate, **common)
+        else:
+            trained, inputs = precomputed
+            data = torch.utils.data.TensorDataset
+            train = data(torch.from_numpy(inputs[train_idx]),
+                         torch.from_numpy(targets[train_idx]))
+            valid = None if valid_idx is None else data(
+                torch.from_numpy(inputs[valid_idx]), torch.from_numpy(targets[valid_idx]))
+            net = build_net(trained, self._criterion, valid_dataset=valid,
+                            collate=None, **common)
         net.fit(train, y=None)
         return net.history
+
+    def _precompute(self, module, backbone, X, device):
+        """What the frozen blocks compute, run once: ``(module to train, its
+        inputs)``, or ``None`` to train through the frozen blocks.
+
+        ``unfreeze=0``: the features, and only the head trains. Partial
+        fine-tuning with ``cache_prefix``: the last frozen block's output,
+        and the unfrozen top (cut out of the backbone, sharing its weights)
+        trains on it with the head. Rows go through the feature cache, so
+        CV folds and grid points with the same frozen blocks share them.
+        """
+        cache = resolve_cache(self.cache)
+        run = {"batch_size": self.batch_size, "device": device,
+               "progress": self.verbose >= 1}
+        if self.unfreeze == 0:
+            key = None if cache is None else extraction_key(backbone, layer=None,
+                                                             pooling="auto")
+            return module.head, forward_batches(backbone.module, backbone.preprocess, X,
+                                                desc="features", cache=cache, key=key,
+                                                **run)
+        n_frozen = len(backbone.blocks) - (len(backbone.blocks) if self.unfreeze == "all"
+                                           else self.unfreeze)
+        if not self.cache_prefix or n_frozen == 0:
+            return None
+        split = split_frozen_prefix(backbone, n_frozen, X, device)
+        if split is None or split.row_nbytes * n_samples(X) > PREFIX_MAX_BYTES:
+            return None
+        if cache is not None and split.row_nbytes * n_samples(X) > cache.max_bytes // 2:
+            cache = None  # rows that would flush everything else from the cache
+        key = None if cache is None else extraction_key(backbone, layer=split.block_name,
+                                                         pooling=None)
+        inputs = forward_batches(split.prefix, backbone.preprocess, X, desc="frozen blocks",
+                                 cache=cache, key=key, pool=False, **run)
+        return TransferModule(split.suffix, module.head, module.trainable_blocks), inputs
 
     def _forward(self, X):
         """Validated X -> raw network outputs (numpy, float32)."""

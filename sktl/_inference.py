@@ -76,16 +76,18 @@ def batch_order(preprocess, X):
 
 
 def forward_batches(module, preprocess, X, *, batch_size, device, progress=False,
-                    desc="batches", cache=None, key=None):
+                    desc="batches", cache=None, key=None, pool=True):
     """Run ``module`` over X in batches under ``torch.inference_mode``.
 
-    Returns a float32 numpy array with one row per sample, in input order.
+    Returns a float32 numpy array with one row per sample, in input order:
+    the module's output pooled to a vector (``pool=True``) or as it is
+    (feature maps of a frozen prefix, ``pool=False``).
     With a ``cache`` (and the ``key`` of what ``module`` computes), rows
     seen before are read from it and only new samples run through the model.
     """
     if cache is not None:
         return _cached_forward(module, preprocess, X, cache, key, batch_size=batch_size,
-                               device=device, progress=progress, desc=desc)
+                               device=device, progress=progress, desc=desc, pool=pool)
     n = n_samples(X)
     order = batch_order(preprocess, X)
     index = np.arange(n) if order is None else order
@@ -100,8 +102,9 @@ def forward_batches(module, preprocess, X, *, batch_size, device, progress=False
         for start in starts:
             idx = index[start:start + batch_size]
             batch = to_device(preprocess(take(X, idx)), device)
-            result = pool_features(call_module(module, batch),
-                                   attention_mask=_mask(batch))
+            result = call_module(module, batch)
+            if pool:
+                result = pool_features(result, attention_mask=_mask(batch))
             result = result.float().cpu().numpy()
             if out is None:
                 out = np.empty((n, *result.shape[1:]), dtype=np.float32)
@@ -149,7 +152,8 @@ class LayerOutput(nn.Module):
     """Features read at the output of one block of a backbone.
 
     The forward pass stops at that block (a forward hook raises), so reading
-    a low layer costs only the layers below it.
+    a low layer costs only the layers below it. ``pooling=None`` returns the
+    block's output unpooled.
     """
 
     def __init__(self, module, block_modules, pooling="mean"):
@@ -172,5 +176,7 @@ class LayerOutput(nn.Module):
             pass
         finally:
             handle.remove()
+        if self.pooling is None:
+            return captured["out"]
         return pool_features(captured["out"], self.pooling,
                              attention_mask=kwargs.get("attention_mask"))

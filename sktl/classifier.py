@@ -67,6 +67,15 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         With ``unfreeze=0``, read the frozen backbone's features from the
         feature cache (shared with :class:`FeatureExtractor`, clones, CV
         folds and grid-search candidates); see :class:`FeatureExtractor`.
+    cache_prefix : bool, default=True
+        With ``0 < unfreeze < n_blocks_``, run the frozen blocks once per fit
+        (their outputs go through ``cache``, so CV folds and grid points
+        share them) and train the unfrozen top on what they output, instead
+        of running them every epoch. Frozen blocks are deterministic (eval
+        mode), so the model is the same up to float rounding. Used when the
+        backbone can be split with ``torch.fx`` (torchvision CNNs, most
+        custom modules) and the stored outputs fit in 2 GiB; otherwise
+        training runs through the frozen blocks. ``False`` always does.
     verbose : int, default=0
         ``1`` prints an epoch log and progress bars for feature extraction
         and prediction; ``2`` adds a per-batch training progress bar.

@@ -1,0 +1,119 @@
+"""Frozen-prefix caching: train the unfrozen top of a backbone on the cached
+output of its frozen blocks.
+
+With ``unfreeze=k``, the frozen blocks sit in eval mode with no trainable
+parameter, so their output for a sample never changes during a fit (there
+is no random augmentation in sktl). Running them once and training the top
+blocks on their stored output gives the same model as running them every
+epoch, at the cost of one forward pass instead of ``max_epochs``.
+
+The top of the network is cut out of the backbone's forward with
+``torch.fx``: the model is traced with every block as a leaf, the last
+frozen block's output becomes the graph's input, and what no longer depends
+on it is dropped. The result shares its modules (and so its weights) with
+the backbone. Models that cannot be traced, or whose top reads the raw input
+again (ViT reads the batch size from it), are trained through their frozen
+blocks as before; the split is checked numerically before use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ._inference import LayerOutput, call_module, to_device
+from .backbones._inputs import n_samples, take
+
+__all__ = ["PrefixSplit", "split_frozen_prefix"]
+
+
+@dataclass
+class PrefixSplit:
+    """The frozen bottom and trainable top of a backbone.
+
+    ``prefix`` maps a preprocessed batch to the last frozen block's raw
+    output; ``suffix`` maps that output to the backbone's features.
+    """
+
+    block_name: str
+    prefix: nn.Module
+    suffix: fx.GraphModule
+    row_nbytes: int = 0
+
+
+class _BlockTracer(fx.Tracer):
+    """Traces through containers but keeps each backbone block one call."""
+
+    def __init__(self, leaves):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m, module_qualified_name):
+        return id(m) in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+
+def _cut_below(module, leaves, target):
+    """``module``'s forward from the output of submodule ``target`` on."""
+    graph = _BlockTracer(leaves).trace(module)
+    top = fx.GraphModule(module, graph)
+    nodes = [n for n in top.graph.nodes if n.op == "call_module" and n.target == target]
+    if len(nodes) != 1:  # the block runs twice, or not as a call: no clean cut
+        return None
+    inputs = [n for n in top.graph.nodes if n.op == "placeholder"]
+    with top.graph.inserting_before(inputs[0]):
+        cut = top.graph.placeholder("frozen_output")
+    nodes[0].replace_all_uses_with(cut)
+    top.graph.eliminate_dead_code()
+    for node in inputs:
+        if node.users:  # the top reads the raw input again
+            return None
+        top.graph.erase_node(node)
+    top.delete_all_unused_submodules()
+    top.recompile()
+    return top
+
+
+def split_frozen_prefix(backbone, n_frozen, X, device):
+    """Split ``backbone`` after its first ``n_frozen`` blocks.
+
+    Returns a :class:`PrefixSplit`, or ``None`` when the model cannot be
+    split (not traceable by ``torch.fx``, a top that reuses the input, or a
+    split whose output differs from the full forward pass on a probe batch).
+    """
+    module = backbone.module
+    last = backbone.blocks[n_frozen - 1][1][-1]
+    names = {id(m): name for name, m in module.named_modules()}
+    leaves = {id(m) for _, mods in backbone.blocks for m in mods}
+    try:
+        suffix = _cut_below(module, leaves, names[id(last)])
+    except Exception:  # noqa: BLE001 - fx raises many types on untraceable code
+        return None
+    if suffix is None:
+        return None
+    split = PrefixSplit(backbone.blocks[n_frozen - 1][0],
+                        LayerOutput(module, [last], pooling=None), suffix)
+    return split if _check(split, module, backbone.preprocess, X, device) else None
+
+
+def _check(split, module, preprocess, X, device):
+    """Prefix then suffix must reproduce the whole forward pass (eval mode);
+    records the size of one stored row."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            batch = to_device(preprocess(take(X, np.arange(min(2, n_samples(X))))), device)
+            whole = call_module(module, batch)
+            middle = call_module(split.prefix, batch)
+            cut = split.suffix(middle)
+    except Exception:  # noqa: BLE001 - a split that cannot run is not used
+        return False
+    finally:
+        module.train(was_training)
+    if not all(isinstance(t, torch.Tensor) for t in (whole, middle, cut)):
+        return False
+    split.row_nbytes = 4 * middle[0].numel()  # stored as float32
+    return whole.shape == cut.shape and torch.allclose(whole, cut, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,96 @@
+"""Frozen-prefix caching: training the unfrozen top on stored frozen outputs."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyCNN
+from sklearn.model_selection import GridSearchCV
+from torch import nn
+
+from sktl import FeatureCache, TransferClassifier
+from sktl._prefix import split_frozen_prefix
+from sktl.backbones import resolve_backbone
+
+
+@pytest.fixture
+def images():
+    rng = np.random.RandomState(0)
+    X = rng.randint(0, 255, size=(48, 1, 12, 12)).astype(np.float32) / 255
+    y = (X[:, 0, :6].mean(axis=(1, 2)) > X[:, 0, 6:].mean(axis=(1, 2))).astype(int)
+    return X, y
+
+
+def counting(module_cls):
+    """An instance of ``module_cls`` whose first block counts the samples it sees."""
+    module = module_cls()
+    seen = []
+    first = next(iter(module.children()))
+    first.register_forward_hook(lambda m, i, o: seen.append(len(o)))
+    return module, seen
+
+
+@pytest.mark.parametrize("extra", [{}, {"head": "mlp", "early_stopping": 2}])
+def test_prefix_caching_equals_training_through_frozen_blocks(images, extra):
+    X, y = images
+    params = {"unfreeze": 1, "max_epochs": 4, "lr": 0.05, "batch_size": 8,
+              "random_state": 0, "cache": False, **extra}
+    module, seen = counting(TinyCNN)
+    fast = TransferClassifier(module, cache_prefix=True, **params).fit(X, y)
+    fast_runs = sum(seen)
+    seen.clear()
+    slow = TransferClassifier(module, cache_prefix=False, **params).fit(X, y)
+    # The frozen block ran over the data once instead of once per epoch.
+    assert fast_runs < 2 * len(X) <= 4 * len(X) <= sum(seen)
+    np.testing.assert_allclose(fast.predict_proba(X), slow.predict_proba(X), atol=1e-5)
+    for (name, a), (_, b) in zip(fast.backbone_.module.state_dict().items(),
+                                 slow.backbone_.module.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+    # Frozen weights and BatchNorm statistics are untouched.
+    for name, value in module.conv1.state_dict().items():
+        torch.testing.assert_close(fast.backbone_.module.conv1.state_dict()[name], value)
+
+
+def test_torchvision_cnn_splits_at_every_depth():
+    bb = resolve_backbone("resnet18", weights=None)
+    X = np.random.RandomState(0).randint(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    for n_frozen in range(1, len(bb.blocks)):
+        split = split_frozen_prefix(bb, n_frozen, X, "cpu")
+        assert split is not None and split.block_name == bb.block_names[n_frozen - 1]
+    # The top shares the backbone's modules: training it trains the backbone.
+    split = split_frozen_prefix(bb, 4, X, "cpu")
+    assert split.suffix.layer4 is bb.module.layer4
+
+
+class ReadsInputAgain(nn.Module):
+    """A top that uses the raw input: no clean cut (like ViT's batch size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Flatten(), nn.Linear(144, 8), nn.ReLU())
+        self.block2 = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.block2(self.block1(x)) + x.mean()
+
+
+def test_unsplittable_backbone_trains_through_its_frozen_blocks(images):
+    X, y = images
+    module, seen = counting(ReadsInputAgain)
+    clf = TransferClassifier(module, unfreeze=1, max_epochs=3, random_state=0,
+                             cache=False).fit(X, y)
+    assert sum(seen) >= 3 * len(X)  # ran every epoch: no prefix was cached
+    assert clf.predict(X).shape == (len(X),)
+
+
+def test_grid_search_computes_frozen_outputs_once(images):
+    X, y = images
+    cache = FeatureCache()
+    module, seen = counting(TinyCNN)
+    search = GridSearchCV(
+        TransferClassifier(module, unfreeze=1, max_epochs=3, random_state=0, cache=cache),
+        {"lr": [0.01, 0.1]}, cv=3).fit(X, y)
+    # 6 fits on 2/3 of the data + the refit read the same rows: each sample
+    # ran through the frozen block once.
+    assert cache.misses == len(X)
+    assert cache.hits + cache.misses == 6 * (2 * len(X) // 3) + len(X)
+    assert search.best_estimator_.predict(X).shape == (len(X),)
