@@ -63,10 +63,12 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
     random_state : int, RandomState or None, default=None
         Seeds weight initialisation, shuffling, dropout and the validation
         split: the same value and data give identical predictions.
-    cache : bool or FeatureCache, default=True
+    cache : bool, str, os.PathLike, joblib.Memory or FeatureCache, default=True
         With ``unfreeze=0``, read the frozen backbone's features from the
         feature cache (shared with :class:`FeatureExtractor`, clones, CV
-        folds and grid-search candidates); see :class:`FeatureExtractor`.
+        folds and grid-search candidates); a folder path or a
+        ``joblib.Memory`` also keeps them on disk, across restarts and
+        ``n_jobs>1`` workers; see :class:`FeatureExtractor`.
     cache_prefix : bool, default=True
         With ``0 < unfreeze < n_blocks_``, run the frozen blocks once per fit
         (their outputs go through ``cache``, so CV folds and grid points

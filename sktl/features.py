@@ -50,13 +50,18 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
     random_state : int, RandomState or None, default=None
         Seeds the initialisation of backbones that are not pretrained
         (``weights=None``, module classes, lazy modules).
-    cache : bool or FeatureCache, default=True
+    cache : bool, str, os.PathLike, joblib.Memory or FeatureCache, default=True
         Reuse feature rows across calls, clones, CV folds and grid-search
         candidates: rows are keyed by the backbone's weights fingerprint,
         ``layer``, ``pooling`` and preprocessing, and by each sample's
         content. ``True`` uses the process-wide in-memory cache
         (``sktl.default_cache()``, bounded, least recently used rows go first);
-        ``False`` always runs the backbone.
+        ``False`` or ``None`` always runs the backbone. A folder path also
+        keeps the rows on disk there (1 GiB at most), so they survive a
+        restart and are shared with the worker processes of ``n_jobs>1``; a
+        ``joblib.Memory`` (as for ``Pipeline(memory=...)``) does the same in
+        its ``sktl-features`` subfolder, ``Memory(None)`` meaning no cache. A
+        :class:`~sktl.FeatureCache` sets the bounds and exposes the counters.
     verbose : int, default=0
         ``1`` shows a progress bar during :meth:`transform`.
 
