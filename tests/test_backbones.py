@@ -184,3 +184,19 @@ def test_fingerprint_follows_in_place_changes_and_survives_copies():
     assert bb.fingerprint() == before
     copied.module.load_state_dict(bb.module.state_dict())
     assert copied.fingerprint() == before
+
+
+def test_first_load_and_memoised_load_give_the_same_fit(tmp_path):
+    from sktl.backbones import _LOADED
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision_resnet18().state_dict(), path)
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    y = [0, 1] * 4
+    _LOADED.clear()  # the first fit builds the model (drawing random weights)
+    params = {"weights": path, "unfreeze": 1, "max_epochs": 2, "random_state": 0,
+              "cache": False}
+    first = TransferClassifier("resnet18", **params).fit(images, y)
+    again = TransferClassifier("resnet18", **params).fit(images, y)
+    np.testing.assert_array_equal(first.predict_proba(images), again.predict_proba(images))

@@ -21,6 +21,7 @@ import os
 import threading
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 from ._base import Backbone, default_blocks, pool_features
@@ -220,7 +221,12 @@ def _loaded(key, device, load):
         entry = _LOADED.get((key, device))
         if entry is None:
             if device == "cpu":
-                entry = load()
+                # Building a model draws random initial weights before the
+                # pretrained ones replace them; isolated so that a fit's
+                # random stream (head, shuffling) is the same whether or
+                # not the model was loaded already.
+                with torch.random.fork_rng(devices=[]):
+                    entry = load()
             else:
                 entry = _loaded(key, "cpu", load).copy()
                 entry.module.to(device)
