@@ -18,10 +18,10 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, v
 
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
 from ._inference import forward_batches, probe_width, resolve_device, worker_threads
-from ._prefix import split_frozen_prefix
+from ._prefix import FrozenReader, split_frozen_prefix
 from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
 from .backbones import is_fitted_sktl_estimator, resolve_backbone
-from .backbones._inputs import n_samples, take, validate_images, validate_texts
+from .backbones._inputs import n_samples, validate_images, validate_texts
 
 __all__ = ["BackboneEstimatorMixin", "TransferEstimator"]
 
@@ -84,6 +84,9 @@ class BackboneEstimatorMixin:
     # on a GPU loads on a CPU-only machine (map_location).
     def __getstate__(self):
         state = dict(super().__getstate__())  # may be self.__dict__ itself
+        # Tied to this process's tensors; predictions fall back to the full
+        # forward pass after unpickling.
+        state.pop("_frozen_reader", None)
         torch_keys = [k for k, v in state.items() if k.endswith("_") and
                       (isinstance(v, torch.nn.Module) or type(v).__name__ == "Backbone")]
         if torch_keys:
@@ -101,6 +104,10 @@ class BackboneEstimatorMixin:
                                             weights_only=False))
             if location == "cpu" and str(getattr(self, "device_", "cpu")).startswith("cuda"):
                 self.device_ = "cpu"
+
+
+def _as_tensor(rows):
+    return torch.from_numpy(np.ascontiguousarray(rows))
 
 
 class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
@@ -170,7 +177,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             trainable = freeze(backbone, self.unfreeze)
             head = make_head(self.head, backbone.n_features, n_outputs).to(device)
             module = TransferModule(backbone.module, head, trainable)
-            history = self._train(module, backbone, X, targets, device)
+            history, reader = self._train(module, backbone, X, targets, device)
         # Attributes are set only once training succeeded: a failed refit
         # leaves a previously fitted model intact.
         for name, value in target_attrs.items():
@@ -180,6 +187,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         self.history_ = history
         self.device_ = device
         self.n_blocks_ = len(backbone.blocks)
+        self._frozen_reader = reader
         return self
 
     def _split(self, n, targets):
@@ -202,14 +210,17 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                   "device": device, "early_stopping": self.early_stopping,
                   "verbose": self.verbose}
         precomputed = self._precompute(module, backbone, X, device)
+        reader = None
         if precomputed is None:  # train through every block, every epoch
-            train = RawDataset(take(X, train_idx), targets[train_idx], backbone.preprocess)
-            valid = None if valid_idx is None else RawDataset(
-                take(X, valid_idx), targets[valid_idx], backbone.preprocess)
+            # One dataset of global indices, so that the one collate function
+            # both iterators use reads training and validation rows alike.
+            data = RawDataset(X, targets, backbone.preprocess)
+            train = torch.utils.data.Subset(data, train_idx)
+            valid = None if valid_idx is None else torch.utils.data.Subset(data, valid_idx)
             net = build_net(module, self._criterion, valid_dataset=valid,
-                            collate=train.collate, **common)
+                            collate=data.collate, **common)
         else:
-            trained, inputs = precomputed
+            trained, inputs, reader = precomputed
             data = torch.utils.data.TensorDataset
             train = data(torch.from_numpy(inputs[train_idx]),
                          torch.from_numpy(targets[train_idx]))
@@ -218,11 +229,12 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             net = build_net(trained, self._criterion, valid_dataset=valid,
                             collate=None, **common)
         net.fit(train, y=None)
-        return net.history
+        return net.history, reader
 
     def _precompute(self, module, backbone, X, device):
         """What the frozen blocks compute, run once: ``(module to train, its
-        inputs)``, or ``None`` to train through the frozen blocks.
+        inputs, FrozenReader or None)``, or ``None`` to train through the
+        frozen blocks.
 
         ``unfreeze=0``: the features, and only the head trains. Partial
         fine-tuning with ``cache_prefix``: the last frozen block's output,
@@ -236,9 +248,11 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         if self.unfreeze == 0:
             key = None if cache is None else extraction_key(backbone, layer=None,
                                                              pooling="auto")
-            return module.head, forward_batches(backbone.module, backbone.preprocess, X,
-                                                desc="features", cache=cache, key=key,
-                                                **run)
+            features = forward_batches(backbone.module, backbone.preprocess, X,
+                                       desc="features", cache=cache, key=key, **run)
+            reader = None if cache is None else FrozenReader(
+                backbone.module, module.head, key, True, backbone.module, [])
+            return module.head, features, reader
         n_frozen = len(backbone.blocks) - (len(backbone.blocks) if self.unfreeze == "all"
                                            else self.unfreeze)
         if not self.cache_prefix or n_frozen == 0:
@@ -252,17 +266,28 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                                                          pooling=None)
         inputs = forward_batches(split.prefix, backbone.preprocess, X, desc="frozen blocks",
                                  cache=cache, key=key, pool=False, **run)
-        return TransferModule(split.suffix, module.head, module.trainable_blocks), inputs
+        top = TransferModule(split.suffix, module.head, module.trainable_blocks)
+        reader = None if cache is None else FrozenReader(
+            split.prefix, top, key, False, backbone.module, module.trainable_blocks)
+        return top, inputs, reader
 
     def _forward(self, X):
         """Validated X -> raw network outputs (numpy, float32)."""
         check_is_fitted(self)
         X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
         self.module_.to(self.device_)
+        run = {"batch_size": self.batch_size, "device": self.device_,
+               "progress": self.verbose >= 1}
+        reader = getattr(self, "_frozen_reader", None)
+        cache = resolve_cache(self.cache)
         with worker_threads():
-            return forward_batches(self.module_, self.backbone_.preprocess, X,
-                                   batch_size=self.batch_size, device=self.device_,
-                                   progress=self.verbose >= 1, desc="predict")
+            if reader is None or cache is None or not reader.valid():
+                return forward_batches(self.module_, self.backbone_.preprocess, X,
+                                       desc="predict", **run)
+            frozen = forward_batches(reader.frozen, self.backbone_.preprocess, X,
+                                     desc="frozen blocks", cache=cache, key=reader.key,
+                                     pool=reader.pool, **run)
+            return forward_batches(reader.top, _as_tensor, frozen, desc="predict", **run)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -27,7 +27,7 @@ from torch import fx, nn
 from ._inference import LayerOutput, call_module, to_device
 from .backbones._inputs import n_samples, take
 
-__all__ = ["PrefixSplit", "split_frozen_prefix"]
+__all__ = ["FrozenReader", "PrefixSplit", "split_frozen_prefix"]
 
 
 @dataclass
@@ -117,3 +117,32 @@ def _check(split, module, preprocess, X, device):
         return False
     split.row_nbytes = 4 * middle[0].numel()  # stored as float32
     return whole.shape == cut.shape and torch.allclose(whole, cut, rtol=1e-4, atol=1e-5)
+
+
+def _frozen_token(module, trainable):
+    """Identity and in-place version of every tensor outside ``trainable``."""
+    skip = {id(t) for m in trainable for t in (*m.parameters(), *m.buffers())}
+    return tuple((name, t.data_ptr(), t._version)
+                 for name, t in module.state_dict(keep_vars=True).items()
+                 if id(t) not in skip)
+
+
+class FrozenReader:
+    """Predict through the feature cache: what the frozen part of a fitted
+    model outputs for a sample is read from (or added to) the rows stored
+    while training, and only the trained top runs.
+
+    In a cross-validation every sample is in some training fold, so scoring
+    a held-out fold then costs no backbone pass at all. The rows were keyed
+    before training; they stay valid while the frozen tensors are the very
+    ones seen at the end of the fit (same objects, no in-place change), which
+    :meth:`valid` checks.
+    """
+
+    def __init__(self, frozen, top, key, pool, module, trainable):
+        self.frozen, self.top, self.key, self.pool = frozen, top, key, pool
+        self._module, self._trainable = module, trainable
+        self._token = _frozen_token(module, trainable)
+
+    def valid(self):
+        return _frozen_token(self._module, self._trainable) == self._token

@@ -22,6 +22,7 @@ def images():
 
 def counting(module_cls):
     """An instance of ``module_cls`` whose first block counts the samples it sees."""
+    torch.manual_seed(0)
     module = module_cls()
     seen = []
     first = next(iter(module.children()))
@@ -89,8 +90,42 @@ def test_grid_search_computes_frozen_outputs_once(images):
     search = GridSearchCV(
         TransferClassifier(module, unfreeze=1, max_epochs=3, random_state=0, cache=cache),
         {"lr": [0.01, 0.1]}, cv=3).fit(X, y)
-    # 6 fits on 2/3 of the data + the refit read the same rows: each sample
-    # ran through the frozen block once.
+    # 6 fits on 2/3 of the data, their scoring on the other 1/3 and the refit
+    # read the same rows: each sample ran through the frozen block once
+    # (plus a few probe samples per fit that check the split).
+    n_train, n_test = 2 * len(X) // 3, len(X) // 3
     assert cache.misses == len(X)
-    assert cache.hits + cache.misses == 6 * (2 * len(X) // 3) + len(X)
+    assert cache.hits + cache.misses == 6 * (n_train + n_test) + len(X)
+    assert sum(seen) <= len(X) + 7 * 5
     assert search.best_estimator_.predict(X).shape == (len(X),)
+
+
+def test_predictions_through_the_cache_equal_the_full_forward_pass(images):
+    X, y = images
+    for unfreeze in (0, 1):
+        clf = TransferClassifier(TinyCNN, unfreeze=unfreeze, max_epochs=2, random_state=0,
+                                 cache=FeatureCache()).fit(X, y)
+        cached = clf.predict_proba(X)
+        assert clf.cache.hits >= len(X)  # the frozen part was read, not run
+        full = TransferClassifier(TinyCNN, unfreeze=unfreeze, max_epochs=2, random_state=0,
+                                  cache=False).fit(X, y).predict_proba(X)
+        np.testing.assert_allclose(cached, full, atol=1e-5)
+        # Frozen weights changed by hand after the fit: the rows are not used.
+        with torch.no_grad():
+            clf.backbone_.module.conv1[0].weight.mul_(0)
+        hits = clf.cache.hits
+        changed = clf.predict_proba(X)
+        assert clf.cache.hits == hits
+        assert not np.allclose(changed, cached)
+
+
+@pytest.mark.parametrize("cache_prefix", [False, True])
+def test_validation_loss_is_measured_on_the_held_out_rows(images, cache_prefix):
+    X, y = images
+    clf = TransferClassifier(TinyCNN, unfreeze=1, max_epochs=1, early_stopping=True,
+                             validation_fraction=0.25, random_state=0, cache=False,
+                             cache_prefix=cache_prefix).fit(X, y)
+    _, valid_idx = clf._split(len(X), y)
+    proba = clf.predict_proba(X[valid_idx])
+    expected = -np.mean(np.log(proba[np.arange(len(valid_idx)), y[valid_idx]]))
+    assert clf.history_[-1]["valid_loss"] == pytest.approx(expected, rel=1e-4)
