@@ -5,18 +5,24 @@ own ``torch.nn.Module`` or a fitted sktl model) wrapped as estimators:
 
 * :class:`FeatureExtractor` -- frozen features for any sklearn estimator;
 * :class:`TransferClassifier` / :class:`TransferRegressor` -- a new head,
-  with the top ``unfreeze`` backbone blocks fine-tuned.
+  with the top ``unfreeze`` backbone blocks fine-tuned (optionally with a
+  deep domain-adaptation loss);
+* :class:`DomainAdaptTransformer` -- align source features with a target
+  domain (CORAL, subspace alignment, TCA, optimal transport); see
+  :mod:`sktl.domain` for how target rows are marked (``y = -1``).
 """
 
 __version__ = "0.1.0"  # first: submodules read it
 
 from ._cache import FeatureCache, default_cache
 from .classifier import TransferClassifier
+from .domain import DomainAdaptTransformer, make_da_pipeline
 from .features import FeatureExtractor
 from .persistence import load, save
 from .regressor import TransferRegressor
 
 __all__ = [
+    "DomainAdaptTransformer",
     "FeatureCache",
     "FeatureExtractor",
     "TransferClassifier",
@@ -24,5 +30,6 @@ __all__ = [
     "__version__",
     "default_cache",
     "load",
+    "make_da_pipeline",
     "save",
 ]

@@ -209,6 +209,14 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                   "max_epochs": self.max_epochs, "batch_size": self.batch_size,
                   "device": device, "early_stopping": self.early_stopping,
                   "verbose": self.verbose}
+        domain = self._domain_loss_module(backbone)
+        if domain is not None and self.unfreeze == 0:
+            raise ValueError(
+                f"domain_loss={self.domain_loss!r} aligns the backbone's features, "
+                "which cannot move with unfreeze=0; unfreeze at least one block "
+                "(unfreeze=1, ..., 'all') or adapt frozen features with "
+                "sktl.domain.DomainAdaptTransformer instead.")
+        common["domain"] = domain is not None
         precomputed = self._precompute(module, backbone, X, device)
         reader = None
         if precomputed is None:  # train through every block, every epoch
@@ -228,8 +236,25 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                 torch.from_numpy(inputs[valid_idx]), torch.from_numpy(targets[valid_idx]))
             net = build_net(trained, self._criterion, valid_dataset=valid,
                             collate=None, **common)
-        net.fit(train, y=None)
+        trained = net.module
+        if domain is not None:
+            trained.domain = domain.to(device)
+        try:
+            net.fit(train, y=None)
+        finally:
+            if domain is not None:  # training-only: not part of the fitted model
+                del trained.domain
+                trained.__dict__.pop("last_features", None)
         return net.history, reader
+
+    def _domain_loss_module(self, backbone):
+        """The domain loss for ``domain_loss`` (classifiers only), or None."""
+        name = getattr(self, "domain_loss", None)
+        if name is None:
+            return None
+        from .domain._losses import make_domain_loss
+
+        return make_domain_loss(name, backbone.n_features, self.domain_weight)
 
     def _precompute(self, module, backbone, X, device):
         """What the frozen blocks compute, run once: ``(module to train, its

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import EarlyStopping, ProgressBar
+from skorch.callbacks import Callback, EarlyStopping, ProgressBar
 from skorch.helper import predefined_split
 from torch import nn
 
@@ -80,6 +80,9 @@ class TransferModule(nn.Module):
     def forward(self, *args, **kwargs):
         features = self.backbone(*args, **kwargs)
         features = pool_features(features, attention_mask=kwargs.get("attention_mask"))
+        if self.training and getattr(self, "domain", None) is not None:
+            # Read by the net's domain loss right after this forward pass.
+            self.__dict__["last_features"] = features
         return self.head(features)
 
     def train(self, mode=True):
@@ -123,8 +126,37 @@ class _TransferNet(NeuralNet):
         return call_module(self.module_, to_device(x, self.device))
 
 
+class _DomainProgress(Callback):
+    """Tell the domain loss how far training is (DANN's gradient ramp)."""
+
+    def on_epoch_begin(self, net, **kwargs):
+        domain = getattr(net.module_, "domain", None)
+        if domain is not None and hasattr(domain, "progress"):
+            domain.progress = (len(net.history) - 1) / max(net.max_epochs, 1)
+
+
+class _DomainNet(_TransferNet):
+    """Cross-entropy on the labelled rows plus, while training, the module's
+    domain loss between the features of labelled (source) rows and
+    unlabelled (target, label -1) rows of the batch."""
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        y_true = torch.as_tensor(y_true, device=y_pred.device)
+        labelled = y_true >= 0
+        if labelled.any():
+            loss = nn.functional.cross_entropy(y_pred[labelled], y_true[labelled])
+        else:  # a batch of target rows only: no label to learn from
+            loss = y_pred.sum() * 0.0
+        module = self.module_
+        if training:
+            features = module.__dict__.pop("last_features")
+            loss = loss + module.domain(features[labelled], features[~labelled])
+        return loss
+
+
 def build_net(module, criterion, *, lr, backbone_lr, optimizer, max_epochs,
-              batch_size, device, valid_dataset, early_stopping, collate, verbose):
+              batch_size, device, valid_dataset, early_stopping, collate, verbose,
+              domain=False):
     """Configure the skorch net that trains ``module`` (or a bare head)."""
     callbacks = []
     if valid_dataset is not None:
@@ -133,12 +165,15 @@ def build_net(module, criterion, *, lr, backbone_lr, optimizer, max_epochs,
                                                            load_best=True)))
     if verbose >= 2:
         callbacks.append(("progress_bar", ProgressBar()))
+    if domain:
+        callbacks.append(("domain_progress", _DomainProgress()))
     optimizer_cls = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
     iterator_kwargs = {}
     if collate is not None:
         iterator_kwargs = {"iterator_train__collate_fn": collate,
                            "iterator_valid__collate_fn": collate}
-    return _TransferNet(
+    net_cls = _DomainNet if domain else _TransferNet
+    return net_cls(
         module,
         criterion=criterion,
         optimizer=optimizer_cls,

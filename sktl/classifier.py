@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 from scipy.special import softmax
 from sklearn.base import ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 from torch import nn
 
 from ._base import TransferEstimator
+from .domain._convention import is_unlabelled
+from .domain._losses import DOMAIN_LOSSES
 
 __all__ = ["TransferClassifier"]
 
@@ -78,6 +83,16 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         backbone can be split with ``torch.fx`` (torchvision CNNs, most
         custom modules) and the stored outputs fit in 2 GiB; otherwise
         training runs through the frozen blocks. ``False`` always does.
+    domain_loss : {"coral", "mmd", "dann"} or None, default=None
+        Deep domain adaptation: rows of ``y`` equal to ``-1`` are unlabelled
+        target-domain rows (see :mod:`sktl.domain`); each training batch adds
+        to the cross-entropy of its labelled rows a loss that aligns the
+        backbone's features of its source and target rows: Deep CORAL
+        (covariances), multi-kernel MMD (DAN), or DANN (a domain
+        discriminator behind a gradient-reversal layer). Needs
+        ``unfreeze >= 1``. ``None``: ``-1`` is an ordinary label.
+    domain_weight : float, default=1.0
+        Weight of the domain loss.
     verbose : int, default=0
         ``1`` prints an epoch log and progress bars for feature extraction
         and prediction; ``2`` adds a per-batch training progress bar.
@@ -123,6 +138,27 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
 
     _criterion = nn.CrossEntropyLoss
     _y_validation = {"y_numeric": False}
+    _parameter_constraints = {
+        **TransferEstimator._parameter_constraints,
+        "domain_loss": [StrOptions(set(DOMAIN_LOSSES)), None],
+        "domain_weight": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(self, backbone="resnet18", *, weights="DEFAULT", unfreeze=0,
+                 head="linear", lr=1e-3, backbone_lr=None, max_epochs=10,
+                 batch_size=32, optimizer="adamw", early_stopping=False,
+                 validation_fraction=0.1, device="auto", random_state=None,
+                 cache=True, cache_prefix=True, domain_loss=None, domain_weight=1.0,
+                 verbose=0):
+        super().__init__(backbone, weights=weights, unfreeze=unfreeze, head=head, lr=lr,
+                         backbone_lr=backbone_lr, max_epochs=max_epochs,
+                         batch_size=batch_size, optimizer=optimizer,
+                         early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, device=device,
+                         random_state=random_state, cache=cache,
+                         cache_prefix=cache_prefix, verbose=verbose)
+        self.domain_loss = domain_loss
+        self.domain_weight = domain_weight
 
     def fit(self, X, y):
         """Fit the head (and the unfrozen blocks) on ``X``, ``y``.
@@ -143,6 +179,24 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
     def _encode_targets(self, y):
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
+        if self.domain_loss is not None:
+            return self._encode_with_target_rows(y)
+        return self._encode_labelled(y)
+
+    def _encode_with_target_rows(self, y):
+        """Labels for the labelled rows; -1 marks unlabelled target rows."""
+        target = is_unlabelled(y)
+        if not target.any():
+            raise ValueError(
+                f"domain_loss={self.domain_loss!r} needs unlabelled target-domain rows: "
+                "stack them with the source rows in X and give them the label -1 "
+                "in y (sktl.domain.UNLABELLED).")
+        targets, n_classes, attrs = self._encode_labelled(y[~target])
+        full = np.full(len(y), -1, dtype=np.int64)
+        full[~target] = targets
+        return full, n_classes, attrs
+
+    def _encode_labelled(self, y):
         encoder = LabelEncoder().fit(y)
         if len(encoder.classes_) < 2:
             raise ValueError(
