@@ -88,7 +88,7 @@ def test_domain_loss_errors(shift):
 
 
 def test_without_domain_loss_minus_one_is_an_ordinary_label(shift):
-    X, _, Xs, _ = shift
+    _, _, Xs, _ = shift
     y = np.where(Xs[:, 0] > 0, 1, -1)  # binary labels {-1, 1}
     clf = fit(Xs, y, None)
     assert list(clf.classes_) == [-1, 1]
