@@ -14,9 +14,11 @@ from numbers import Integral, Real
 import numpy as np
 from scipy import linalg
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.covariance import ledoit_wolf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import pairwise_distances_argmin
 from sklearn.metrics.pairwise import euclidean_distances, linear_kernel, rbf_kernel
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils._set_output import _wrap_data_with_container
@@ -29,12 +31,12 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._convention import domain_masks
+from ._convention import domain_masks, is_unlabelled
 
 __all__ = ["DomainAdaptTransformer"]
 
 #: Valid values of ``DomainAdaptTransformer(method=...)``.
-METHODS = ("none", "coral", "sa", "tca", "ot")
+METHODS = ("none", "coral", "sa", "tca", "ot", "jda")
 # Methods whose output has the input's width (and feature names).
 _SAME_WIDTH = frozenset({"none", "coral", "ot"})
 # Default cap on n_components (SA, TCA).
@@ -70,11 +72,26 @@ def _covariance(X, mean):
 
 
 # --------------------------------------------------------------------------- CORAL
+def _regularised_covariance(X, mean, reg):
+    """The covariance CORAL aligns: plus ``reg * I``, or Ledoit-Wolf shrunk.
+
+    ``reg="auto"`` shrinks the covariance of the standardised features
+    towards the identity by the Ledoit-Wolf amount and scales it back (the
+    estimate skada's ``CORALAdapter`` uses by default): no ridge to choose,
+    and it is positive definite whenever no feature is constant.
+    """
+    if reg != "auto":
+        return _covariance(X, mean) + reg * np.eye(X.shape[1])
+    scale = X.std(axis=0)
+    scale[scale == 0] = 1.0
+    shrunk = ledoit_wolf((X - mean) / scale, assume_centered=True)[0]
+    return scale[:, None] * shrunk * scale[None, :]
+
+
 def _coral_matrix(Xs, Xt, source_mean, target_mean, reg):
     """``A = (Cs + reg I)^-1/2 (Ct + reg I)^1/2`` (Sun, Feng, Saenko 2016)."""
-    ridge = reg * np.eye(Xs.shape[1])
-    whiten = _sym_power(_covariance(Xs, source_mean) + ridge, -0.5)
-    recolour = _sym_power(_covariance(Xt, target_mean) + ridge, 0.5)
+    whiten = _sym_power(_regularised_covariance(Xs, source_mean, reg), -0.5)
+    recolour = _sym_power(_regularised_covariance(Xt, target_mean, reg), 0.5)
     return whiten @ recolour
 
 
@@ -199,6 +216,46 @@ def _median_positive(D):
     return 1.0
 
 
+# --------------------------------------------------------------------------- JDA
+def _mmd_vectors(n_source, n_target, y_source, y_target, classes):
+    """Columns ``e`` whose outer products sum to JDA's MMD matrix ``M``.
+
+    The marginal term has ``e_i = 1/n_s`` on source rows and ``-1/n_t`` on
+    target rows; each class ``c`` present in both domains adds the same
+    with the rows of class ``c`` only (target rows by their pseudo-labels).
+    ``M = E E'`` has rank at most ``n_classes + 1``, so ``X' M X = V V'``
+    with ``V = X' E`` is cheap.
+    """
+    columns = [np.r_[np.full(n_source, 1.0 / n_source), np.full(n_target, -1.0 / n_target)]]
+    if y_target is not None:
+        for c in classes:
+            in_s, in_t = y_source == c, y_target == c
+            if in_s.any() and in_t.any():
+                columns.append(np.r_[in_s / in_s.sum(), in_t / -in_t.sum()])
+    return np.column_stack(columns)
+
+
+def _jda_projection(X, scatter, E, mu, n_components):
+    """Leading ``k`` solutions of ``X' H X a = lambda (X' M X + mu I) a``.
+
+    Long et al. (ICCV 2013) minimise ``tr(A' X' M X A) + mu |A|^2`` subject
+    to ``A' X' H X A = I``: the same generalised eigenproblem, written here
+    as symmetric-definite (the right-hand matrix is positive definite).
+    """
+    V = X.T @ E
+    B = V @ V.T + mu * np.eye(X.shape[1])
+    d = X.shape[1]
+    _, A = linalg.eigh(scatter, B, subset_by_index=[d - n_components, d - 1])
+    signs = np.sign(A[np.abs(A).argmax(axis=0), np.arange(A.shape[1])])
+    signs[signs == 0] = 1.0
+    return A[:, ::-1] * signs[::-1]
+
+
+def _unit_rows(Z):
+    norms = np.linalg.norm(Z, axis=1, keepdims=True)
+    return Z / np.where(norms > 0, norms, 1.0)
+
+
 # --------------------------------------------------------------------------- helpers
 def _subsample(source, max_samples, rng):
     """Row indices (sorted) of at most ``max_samples`` rows, each domain in
@@ -276,34 +333,50 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
       source rows (:meth:`transform_source`, or training rows left out by
       ``max_samples``) move by the displacement of their nearest fitted
       source row (Ferradans et al. 2014).
+    * ``"jda"``: Joint Distribution Adaptation (Long et al., ICCV 2013).
+      Like linear TCA, a projection ``A`` (``n_features x n_components``)
+      that keeps the variance of the rows while shrinking the MMD between
+      the domains, but the MMD is also taken within each class, the target
+      rows' classes being pseudo-labels that are refined
+      ``pseudo_label_iter`` times (1-NN from the projected source rows, as
+      in the paper). Needs the source labels. Every row becomes ``x A``
+      scaled to unit length (as in the authors' code). The class terms
+      align what a classifier needs (the class-conditional distributions),
+      which the marginal methods above cannot see.
 
     Parameters
     ----------
-    method : {"none", "coral", "sa", "tca", "ot"}, default="coral"
+    method : {"none", "coral", "sa", "tca", "ot", "jda"}, default="coral"
         The adaptation.
-    reg : float, default=1.0
+    reg : float or "auto", default=1.0
         CORAL: ridge added to both covariances (``1`` in the paper). It
         makes the whitening well defined when a covariance is singular
         (constant features, fewer rows than features); with ``reg=0``
         singular directions are left out (pseudo-inverse), never NaN.
+        ``"auto"``: no ridge; each covariance is shrunk instead, by the
+        Ledoit-Wolf amount, on standardised features (skada's default), so
+        nothing needs tuning.
     n_components : int or None, default=None
-        SA and TCA: output width. ``None`` uses
-        ``min(100, n_features, n_source - 1, n_target - 1)`` (SA) or
+        SA, TCA and JDA: output width. ``None`` uses
+        ``min(100, n_features, n_source - 1, n_target - 1)`` (SA),
         ``min(100, rank)`` with rank ``n_fit - 1``, and at most
-        ``n_features`` for the linear kernel (TCA). A larger value is clipped
-        to that limit with a warning.
+        ``n_features`` for the linear kernel (TCA), ``min(100, n_features)``
+        (JDA). A larger value is clipped to that limit with a warning.
     kernel : {"linear", "rbf"}, default="linear"
         TCA: kernel.
     gamma : float or None, default=None
         TCA: RBF width; ``None`` uses ``1 / (n_features * X.var())``.
     mu : float, default=1.0
-        TCA: weight of the complexity ``tr(W'W)`` against the MMD between
+        TCA and JDA: weight of the complexity ``tr(W'W)`` against the MMD between
         the domains ``tr(W' K L K W)``; larger values care less about the
         MMD (towards kernel PCA). Relative to the kernel's scale: the
         problem is solved for ``K / s``, ``s = tr(H K H) / n`` the variance
         of the rows in feature space, so ``mu`` means the same whatever the
         units of ``X``. As ``L`` has rank one, ``mu`` matters only when it
         is not small against ``|K L K|`` (often large: strong shifts).
+        JDA: the paper's ``lambda``, on ``X`` as it is (linear, no
+        rescaling): ``0.1`` to ``1`` in the paper for unit-length or
+        standardised rows.
     ot_reg : float, default=0.1
         OT: entropic regularisation, relative to the median squared distance
         between source and target rows. Smaller is closer to exact OT (and
@@ -313,6 +386,8 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
     max_samples : int, default=5000
         TCA and OT: most training rows the components or the transport plan
         are learnt from; more are subsampled as described above.
+    pseudo_label_iter : int, default=10
+        JDA: rounds of target pseudo-labelling (``0``: marginal MMD only).
     random_state : int, RandomState instance or None, default=None
         Draws that subsample.
 
@@ -349,6 +424,11 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         OT: the source rows of the plan and their barycentric images.
     n_iter_ : int
         OT: Sinkhorn iterations run.
+    projection_ : ndarray of shape (n_features, n_components)
+        JDA: ``A``; the output is ``X @ projection_``, rows scaled to unit length.
+    target_pseudo_labels_ : ndarray of shape (n_target,)
+        JDA: the last pseudo-labels of the target training rows (their own
+        label for labelled target rows).
 
     See Also
     --------
@@ -377,7 +457,7 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
 
     _parameter_constraints = {
         "method": [StrOptions(set(METHODS))],
-        "reg": [Interval(Real, 0, None, closed="left")],
+        "reg": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
         "n_components": [Interval(Integral, 1, None, closed="left"), None],
         "kernel": [StrOptions({"linear", "rbf"})],
         "gamma": [Interval(Real, 0, None, closed="neither"), None],
@@ -385,12 +465,13 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         "ot_reg": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "max_samples": [Interval(Integral, 2, None, closed="left")],
+        "pseudo_label_iter": [Interval(Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
     }
 
     def __init__(self, method="coral", *, reg=1.0, n_components=None, kernel="linear",
                  gamma=None, mu=1.0, ot_reg=0.1, max_iter=1000, max_samples=5000,
-                 random_state=None):
+                 pseudo_label_iter=10, random_state=None):
         self.method = method
         self.reg = reg
         self.n_components = n_components
@@ -400,6 +481,7 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         self.ot_reg = ot_reg
         self.max_iter = max_iter
         self.max_samples = max_samples
+        self.pseudo_label_iter = pseudo_label_iter
         self.random_state = random_state
 
     # ------------------------------------------------------------------ fit
@@ -411,8 +493,9 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
             Source and target rows, stacked.
         y : array-like of shape (n_samples,) or None
-            Source labels, ``-1`` for unlabelled target rows. Only used to
-            tell the domains apart.
+            Source labels, ``-1`` for unlabelled target rows. Used to tell
+            the domains apart, and by ``"jda"`` (which needs them) for its
+            class-conditional terms.
         sample_domain : array-like of shape (n_samples,), optional
             ``1`` (positive) for source rows, ``0`` (or negative) for target
             rows; overrides ``y`` (for labelled target rows).
@@ -462,6 +545,9 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         self.source_mean_ = Xs.mean(axis=0)
         self.target_mean_ = Xt.mean(axis=0)
         self._method = self.method
+        if self.method == "jda":
+            self._fit_jda(X, source, y)
+            return X, source, None
         ot_rows = getattr(self, f"_fit_{self.method}")(X, source)
         return X, source, ot_rows
 
@@ -543,6 +629,36 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         self.n_features_out_ = X.shape[1]
         return np.flatnonzero(in_fit[source])  # positions among the source rows
 
+    def _fit_jda(self, X, source, y):
+        if y is None:
+            raise ValueError("method='jda' needs the source labels: pass y (source labels, "
+                             "-1 for unlabelled target rows).")
+        if self.kernel != "linear":
+            raise ValueError(f"method='jda' is implemented for kernel='linear' only; got "
+                             f"kernel={self.kernel!r}.")
+        y = np.asarray(y)
+        check_consistent_length(X, y)
+        y_source, y_target = y[source], y[~source].copy()
+        known = ~is_unlabelled(y_target)  # labelled target rows keep their label
+        classes = np.unique(y_source)
+        k = _clip_components(self.n_components, X.shape[1], "n_features")
+        centred = X - X.mean(axis=0)
+        scatter = centred.T @ centred  # X' H X
+        Xs, Xt = X[source], X[~source]
+        pseudo = None
+        for round_ in range(self.pseudo_label_iter + 1):
+            E = _mmd_vectors(len(Xs), len(Xt), y_source, pseudo, classes)
+            # X' H X does not depend on the row order: the stacked order is fine.
+            A = _jda_projection(np.vstack([Xs, Xt]), scatter, E, self.mu, k)
+            if round_ == self.pseudo_label_iter:
+                break
+            labeller = KNeighborsClassifier(1).fit(_unit_rows(Xs @ A), y_source)
+            pseudo = labeller.predict(_unit_rows(Xt @ A))
+            pseudo[known] = y_target[known]
+        self.projection_ = A
+        self.target_pseudo_labels_ = pseudo if pseudo is not None else y_target
+        self.n_components_ = self.n_features_out_ = k
+
     # ------------------------------------------------------------------ transform
     def transform(self, X):
         """Map rows as **target-domain** rows.
@@ -586,6 +702,8 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
             return (X - self.target_mean_) @ self.target_components_.T
         if method == "tca":
             return self._tca_embed(X)
+        if method == "jda":
+            return _unit_rows(X @ self.projection_)
         return X.copy()
 
     def _map_source(self, X):
@@ -595,8 +713,8 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         if method == "sa":
             return ((X - self.source_mean_) @ self.source_components_.T
                     @ self.alignment_matrix_)
-        if method == "tca":
-            return self._tca_embed(X)
+        if method in ("tca", "jda"):
+            return self._map_target(X)
         if method == "ot":
             if len(X) == 0:
                 return X.copy()
