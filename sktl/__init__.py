@@ -9,19 +9,23 @@ own ``torch.nn.Module`` or a fitted sktl model) wrapped as estimators:
   deep domain-adaptation loss);
 * :class:`DomainAdaptTransformer` -- align source features with a target
   domain (CORAL, subspace alignment, TCA, optimal transport); see
-  :mod:`sktl.domain` for how target rows are marked (``y = -1``).
+  :mod:`sktl.domain` for how target rows are marked (``y = -1``);
+* :class:`DistillationClassifier` -- a small student trained on a teacher's
+  soft targets, unlabelled transfer rows included.
 """
 
 __version__ = "0.1.0"  # first: submodules read it
 
 from ._cache import FeatureCache, default_cache
 from .classifier import TransferClassifier
+from .distillation import DistillationClassifier
 from .domain import DomainAdaptTransformer, make_da_pipeline
 from .features import FeatureExtractor
 from .persistence import load, save
 from .regressor import TransferRegressor
 
 __all__ = [
+    "DistillationClassifier",
     "DomainAdaptTransformer",
     "FeatureCache",
     "FeatureExtractor",

@@ -158,7 +158,9 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
     # Subclasses define: _encode_targets(y) -> (targets, n_outputs, fitted attrs),
     # _criterion, _stratify(targets) and _y_validation (validate_data kwargs).
 
-    def _fit(self, X, y):
+    def _fit(self, X, y, *, encode=None, criterion=None):
+        """Fit; ``encode(y)`` and ``criterion`` override the subclass's target
+        encoding and loss (distillation trains on soft targets this way)."""
         self._validate_params()
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, "
@@ -169,7 +171,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             backbone = resolve_backbone(self.backbone, self.weights)
             X, y = self._validate_X(X, backbone.input_kind, reset=True, y=y,
                                     y_kwargs=self._y_validation)
-            targets, n_outputs, target_attrs = self._encode_targets(y)
+            targets, n_outputs, target_attrs = (encode or self._encode_targets)(y)
             backbone.module.to(device)
             if backbone.n_features is None:
                 backbone.n_features = probe_width(backbone.module, backbone.preprocess,
@@ -177,7 +179,8 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             trainable = freeze(backbone, self.unfreeze)
             head = make_head(self.head, backbone.n_features, n_outputs).to(device)
             module = TransferModule(backbone.module, head, trainable)
-            history, reader = self._train(module, backbone, X, targets, device)
+            history, reader = self._train(module, backbone, X, targets, device,
+                                          criterion or self._criterion)
         # Attributes are set only once training succeeded: a failed refit
         # leaves a previously fitted model intact.
         for name, value in target_attrs.items():
@@ -202,7 +205,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             return train_test_split(idx, test_size=self.validation_fraction,
                                     random_state=self._torch_seed())
 
-    def _train(self, module, backbone, X, targets, device):
+    def _train(self, module, backbone, X, targets, device, criterion):
         train_idx, valid_idx = self._split(n_samples(X), targets)
         backbone_lr = self.lr / 10 if self.backbone_lr is None else self.backbone_lr
         common = {"lr": self.lr, "backbone_lr": backbone_lr, "optimizer": self.optimizer,
@@ -225,7 +228,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             data = RawDataset(X, targets, backbone.preprocess)
             train = torch.utils.data.Subset(data, train_idx)
             valid = None if valid_idx is None else torch.utils.data.Subset(data, valid_idx)
-            net = build_net(module, self._criterion, valid_dataset=valid,
+            net = build_net(module, criterion, valid_dataset=valid,
                             collate=data.collate, **common)
         else:
             trained, inputs, reader = precomputed
@@ -234,7 +237,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                          torch.from_numpy(targets[train_idx]))
             valid = None if valid_idx is None else data(
                 torch.from_numpy(inputs[valid_idx]), torch.from_numpy(targets[valid_idx]))
-            net = build_net(trained, self._criterion, valid_dataset=valid,
+            net = build_net(trained, criterion, valid_dataset=valid,
                             collate=None, **common)
         trained = net.module
         if domain is not None:

@@ -207,7 +207,8 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         return targets, len(encoder.classes_), {"classes_": encoder.classes_}
 
     def _stratify(self, targets):
-        return targets
+        # Soft targets (distillation) carry the hard label in column 0.
+        return targets if targets.ndim == 1 else targets[:, 0]
 
     def decision_function(self, X):
         """Logits; for two classes the logit of ``classes_[1]`` minus ``classes_[0]``.

@@ -6,7 +6,9 @@ Accepted values, checked in this order:
   "pretrain on the source, then fine-tune on the target"), optionally
   wrapped in ``sklearn.frozen.FrozenEstimator`` to grid-search over sources;
 * a ``torch.nn.Module`` class (instantiated without arguments) or instance
-  (deep-copied: the object the user passed is never trained or mutated);
+  (deep-copied: the object the user passed is never trained or mutated); a
+  ``SentenceTransformer`` instance (e.g. from :func:`truncate_sentence_encoder`)
+  reads texts like a named encoder;
 * a torchvision classification model name (``"resnet18"``, ``"vit_b_16"``);
 * a sentence-transformers model folder or hub name (``"org/name"``).
 
@@ -26,7 +28,13 @@ from torch import nn
 
 from ._base import Backbone, default_blocks, pool_features
 from ._inputs import ArrayPreprocessor, ImagePreprocessor
-from ._sentence_transformers import load_sentence_transformer, looks_like_sentence_transformer
+from ._sentence_transformers import (
+    is_sentence_transformer,
+    load_sentence_transformer,
+    looks_like_sentence_transformer,
+    sentence_transformer_backbone,
+    truncate_sentence_encoder,
+)
 from ._torchvision import is_torchvision_name, load_torchvision, pretrained_transform
 from ._weights import WeightsUnavailableError, load_state_dict_file
 
@@ -39,6 +47,7 @@ __all__ = [
     "rebuild_backbone",
     "resolve_backbone",
     "shared_backbone",
+    "truncate_sentence_encoder",
 ]
 
 
@@ -70,13 +79,15 @@ def _from_module(module, weights):
     elif weights != "DEFAULT":
         module.load_state_dict(load_state_dict_file(weights))
     cls = type(module)
+    spec = {"kind": "module", "class": f"{cls.__module__}:{cls.__qualname__}", **cls_spec}
+    if is_sentence_transformer(module):  # e.g. truncate_sentence_encoder(...): texts in
+        return sentence_transformer_backbone(module, spec)
     return Backbone(
         module=module,
         blocks=default_blocks(module),
         preprocess=ArrayPreprocessor(),
         input_kind="array",
-        spec={"kind": "module", "class": f"{cls.__module__}:{cls.__qualname__}",
-              **cls_spec},
+        spec=spec,
     )
 
 

