@@ -134,7 +134,7 @@ def test_unfitted_teacher_is_cloned_and_fitted_on_labelled_rows(xor_task):
 
 
 def test_string_labels_and_teacher_class_order(xor_task):
-    X, y_few, teacher, X_test, y_test = xor_task
+    X, y_few, _, X_test, _ = xor_task
     names = np.array(["neg", "pos"])
     y_str = np.where(y_few == -1, "-1", names[np.clip(y_few, 0, 1)])  # "-1": unlabelled
     model = DistillationClassifier(LogisticRegression(), _student(max_epochs=3))
