@@ -9,6 +9,7 @@ GRID = [
     {P + "method": ["sa"], P + "n_components": [20, 50, 100]},
     {P + "method": ["tca"], P + "mu": [0.1, 1.0, 10.0]},
     {P + "method": ["ot"], P + "ot_reg": [0.05, 0.1, 0.5]},
+    {P + "method": ["jda"], P + "mu": [0.1, 1.0]},  # the paper's two values
 ]
 GRID_QUICK = [
     {P + "method": ["none"]},

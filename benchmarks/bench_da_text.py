@@ -87,6 +87,7 @@ def run(quick: bool) -> dict:
         "sktl_sa_acc": acc["sa"],
         "sktl_tca_acc": acc["tca"],
         "sktl_ot_acc": acc["ot"],
+        "sktl_jda_acc": acc["jda"],
         "best_unsupervised_acc": best_acc,
         "best_method": params["method"],
         "best_choice": label(params),
@@ -109,5 +110,6 @@ def table(result):
             ("SA", result["sktl_sa_acc"]),
             ("TCA", result["sktl_tca_acc"]),
             ("OT", result["sktl_ot_acc"]),
+            ("JDA", result["sktl_jda_acc"]),
             (f"unsupervised choice: {result['best_choice']}", result["best_unsupervised_acc"])]
     return ("SST-2 -> CR, MiniLM + LogReg", "CR accuracy %"), rows

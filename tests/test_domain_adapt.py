@@ -613,3 +613,13 @@ def test_mnist_usps_jda_reproduces_the_paper():
     pipe = make_da_pipeline(DomainAdaptTransformer("jda", mu=0.1), KNeighborsClassifier(1))
     accuracy = (pipe.fit(X, y).predict(Xt) == yt).mean()
     assert accuracy >= 0.6728 - 1.5 / len(yt)
+
+
+@pytest.mark.parametrize("shape", [(50, 5), (8, 20), (200, 3)])
+def test_ledoit_wolf_matches_sklearn(shape):
+    from sktl.domain._adapt import _ledoit_wolf
+
+    Z = np.random.RandomState(0).normal(size=shape) * np.arange(1, shape[1] + 1)
+    Z -= Z.mean(axis=0)
+    np.testing.assert_allclose(_ledoit_wolf(Z), ledoit_wolf(Z, assume_centered=True)[0],
+                               rtol=1e-10, atol=1e-12)

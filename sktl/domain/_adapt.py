@@ -14,7 +14,6 @@ from numbers import Integral, Real
 import numpy as np
 from scipy import linalg
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.covariance import ledoit_wolf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import pairwise_distances_argmin
 from sklearn.metrics.pairwise import euclidean_distances, linear_kernel, rbf_kernel
@@ -84,8 +83,32 @@ def _regularised_covariance(X, mean, reg):
         return _covariance(X, mean) + reg * np.eye(X.shape[1])
     scale = X.std(axis=0)
     scale[scale == 0] = 1.0
-    shrunk = ledoit_wolf((X - mean) / scale, assume_centered=True)[0]
+    shrunk = _ledoit_wolf((X - mean) / scale)
     return scale[:, None] * shrunk * scale[None, :]
+
+
+def _ledoit_wolf(Z):
+    """Ledoit-Wolf (2004) shrunk covariance of centred rows ``Z`` (``ddof=0``).
+
+    ``(1 - s) S + s m I`` with ``S = Z'Z / n``, ``m = tr(S) / p`` and
+    ``s = min(b, d) / d``, ``d = |S - m I|^2 / p``,
+    ``b = (sum_i |z_i|^4 - n |S|^2) / (n^2 p)`` (Frobenius norms). Equal to
+    ``sklearn.covariance.ledoit_wolf(Z, assume_centered=True)``, from one
+    Gram matrix instead of two.
+    """
+    n, p = Z.shape
+    S = Z.T @ Z / n
+    m = np.trace(S) / p
+    frob = float(np.sum(S * S))
+    d = (frob - 2.0 * m * np.trace(S) + p * m * m) / p
+    if d <= 0:  # S is already a multiple of the identity
+        return S
+    row_norms = np.einsum("ij,ij->i", Z, Z)
+    b = (float(np.sum(row_norms**2)) - n * frob) / (n * n * p)
+    shrinkage = min(max(b, 0.0), d) / d
+    out = (1.0 - shrinkage) * S
+    out.flat[:: p + 1] += shrinkage * m
+    return out
 
 
 def _coral_matrix(Xs, Xt, source_mean, target_mean, reg):
