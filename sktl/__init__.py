@@ -11,7 +11,9 @@ own ``torch.nn.Module`` or a fitted sktl model) wrapped as estimators:
   domain (CORAL, subspace alignment, TCA, optimal transport); see
   :mod:`sktl.domain` for how target rows are marked (``y = -1``);
 * :class:`DistillationClassifier` -- a small student trained on a teacher's
-  soft targets, unlabelled transfer rows included.
+  soft targets, unlabelled transfer rows included;
+* :class:`SubdomainEnsembleClassifier` -- multi-level transfer: one expert per
+  source subdomain, combined by similarity (a gate) or stacking.
 """
 
 __version__ = "0.1.0"  # first: submodules read it
@@ -20,6 +22,7 @@ from ._cache import FeatureCache, default_cache
 from .classifier import TransferClassifier
 from .distillation import DistillationClassifier
 from .domain import DomainAdaptTransformer, make_da_pipeline
+from .ensemble import SubdomainEnsembleClassifier
 from .features import FeatureExtractor
 from .persistence import load, save
 from .regressor import TransferRegressor
@@ -29,6 +32,7 @@ __all__ = [
     "DomainAdaptTransformer",
     "FeatureCache",
     "FeatureExtractor",
+    "SubdomainEnsembleClassifier",
     "TransferClassifier",
     "TransferRegressor",
     "__version__",
