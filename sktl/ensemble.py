@@ -148,7 +148,7 @@ class SubdomainEnsembleClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstim
     n_features_in_ : int
         Number of input features (when ``featurizer`` is None, or when the
         fitted featurizer defines it).
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Defined when ``X`` had string column names and ``featurizer`` is None.
 
     See Also

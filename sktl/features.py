@@ -174,7 +174,7 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n_samples, n_features_out_), dtype float32
+        ndarray of shape (n_samples, ``n_features_out_``), dtype float32
         """
         check_is_fitted(self)
         X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)

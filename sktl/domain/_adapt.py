@@ -549,7 +549,7 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_)
+        X_new : ndarray of shape (n_samples, ``n_features_out_``)
         """
         X, source, ot_rows = self._fit(X, y, sample_domain)
         out = np.empty((len(X), self.n_features_out_))
@@ -698,7 +698,7 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_)
+        X_new : ndarray of shape (n_samples, ``n_features_out_``)
         """
         check_is_fitted(self, "n_features_out_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
@@ -713,7 +713,7 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_)
+        X_new : ndarray of shape (n_samples, ``n_features_out_``)
         """
         check_is_fitted(self, "n_features_out_")
         X_valid = validate_data(self, X, reset=False, dtype=np.float64)
