@@ -73,6 +73,9 @@ def test_sentiment_notebook_executes(monkeypatch):
     nb = nbformat.read(str(NOTEBOOK), as_version=4)
     # The kernel inherits the environment: figures go inline, as in Jupyter.
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # The kernel runs in examples/: make the data folder's default absolute.
+    monkeypatch.setenv("SKTL_DATA", os.environ.get("SKTL_DATA")
+                       or str((ROOT.parent / "shared" / "data").resolve()))
     NotebookClient(nb, timeout=1800, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT / "examples")}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
