@@ -13,7 +13,9 @@ own ``torch.nn.Module`` or a fitted sktl model) wrapped as estimators:
 * :class:`DistillationClassifier` -- a small student trained on a teacher's
   soft targets, unlabelled transfer rows included;
 * :class:`SubdomainEnsembleClassifier` -- multi-level transfer: one expert per
-  source subdomain, combined by similarity (a gate) or stacking.
+  source subdomain, combined by similarity (a gate) or stacking;
+* :class:`TransferDetector` -- a torchvision object detector (SSD300-VGG16,
+  SSDlite, Faster R-CNN) fine-tuned on new classes or a new environment.
 """
 
 __version__ = "0.1.0"  # first: submodules read it
@@ -22,6 +24,7 @@ from ._cache import FeatureCache, default_cache
 from .classifier import TransferClassifier
 from .distillation import DistillationClassifier
 from .domain import DomainAdaptTransformer, make_da_pipeline
+from .detection import TransferDetector
 from .ensemble import SubdomainEnsembleClassifier
 from .features import FeatureExtractor
 from .persistence import load, save
@@ -34,6 +37,7 @@ __all__ = [
     "FeatureExtractor",
     "SubdomainEnsembleClassifier",
     "TransferClassifier",
+    "TransferDetector",
     "TransferRegressor",
     "__version__",
     "default_cache",

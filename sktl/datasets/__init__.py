@@ -12,6 +12,7 @@ Fashion-MNIST is read from the Debian package ``dataset-fashion-mnist``.
 from ._base import Bunch, ChecksumError, get_data_home
 from ._domain import load_mnist_usps, load_office_caltech
 from ._fashion_mnist import load_fashion_mnist
+from ._scenes import make_fashion_scenes
 from ._sentiment import load_sentiment
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "load_mnist_usps",
     "load_office_caltech",
     "load_sentiment",
+    "make_fashion_scenes",
 ]
