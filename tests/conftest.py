@@ -48,6 +48,21 @@ class TinyCNN(nn.Module):
         return self.conv2(self.conv1(x))
 
 
+@pytest.fixture(autouse=True)
+def _seed_global_rngs():
+    """Each test starts from the same global RNG state, whatever ran before.
+
+    Modules built inside a test (``nn.Linear`` initialisations, random
+    inputs) draw from torch's global generator; without this a test's
+    numbers would depend on which tests ran earlier in the session.
+    """
+    import random
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def tiny_net():
     return TinyNet
