@@ -23,6 +23,7 @@ def main(out_dir):
     rng = np.random.RandomState(0)  # the same data in every process
     X = rng.normal(size=(160, 5)).astype("float32")
     y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    torch.manual_seed(0)  # the same starting weights in every process
     body = nn.Sequential(nn.Linear(5, 16), nn.ReLU())
     initial = {k: v.clone() for k, v in body.state_dict().items()}
     clf = TransferClassifier(body, unfreeze="all", max_epochs=6, lr=0.03, batch_size=16,

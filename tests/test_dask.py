@@ -6,6 +6,7 @@ parameters and every split's score), cross_validate, and the features of a
 """
 
 import logging
+import os
 
 import joblib
 import numpy as np
@@ -40,11 +41,17 @@ def _unpickled():
 
 @pytest.fixture(scope="module")
 def client():
+    # LocalCluster exports OMP_NUM_THREADS=1 (and MKL/OpenBLAS caps) into this
+    # process's environment for its workers and never takes them back; sktl
+    # reads OMP_NUM_THREADS, so every later test would train on one thread.
+    environ = dict(os.environ)
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        dashboard_address=None, silence_logs=logging.ERROR)
     with distributed.Client(cluster) as c:
         yield c
     cluster.close()
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def _mlp():
