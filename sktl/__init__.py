@@ -21,6 +21,7 @@ own ``torch.nn.Module`` or a fitted sktl model) wrapped as estimators:
 __version__ = "0.1.0"  # first: submodules read it
 
 from ._cache import FeatureCache, default_cache
+from ._streaming import image_files, iter_chunks, transform_to_memmap
 from .classifier import TransferClassifier
 from .distillation import DistillationClassifier
 from .domain import DomainAdaptTransformer, make_da_pipeline
@@ -41,7 +42,10 @@ __all__ = [
     "TransferRegressor",
     "__version__",
     "default_cache",
+    "image_files",
+    "iter_chunks",
     "load",
     "make_da_pipeline",
     "save",
+    "transform_to_memmap",
 ]

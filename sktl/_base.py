@@ -17,8 +17,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
+from ._distributed import PRECISIONS, autocast, check_precision, distributed_net
 from ._inference import forward_batches, probe_width, resolve_device, worker_threads
 from ._prefix import FrozenReader, split_frozen_prefix
+from ._streaming import default_chunk_size, is_stream, map_chunks
 from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
 from .backbones import is_fitted_sktl_estimator, resolve_backbone
 from .backbones._inputs import n_samples, validate_images, validate_texts
@@ -42,8 +44,10 @@ class BackboneEstimatorMixin:
     # (it is only read: resolve_backbone deep-copies its backbone).
     def __sklearn_clone__(self):
         params = self.get_params(deep=False)
-        cloned = {k: v if is_fitted_sktl_estimator(v) else clone(v, safe=False)
-                  for k, v in params.items()}
+        # An accelerate.Accelerator holds this process's distributed state:
+        # shared, never copied.
+        cloned = {k: v if is_fitted_sktl_estimator(v) or k == "accelerator"
+                  else clone(v, safe=False) for k, v in params.items()}
         new = type(self)(**cloned)
         # What sklearn's own clone carries over besides parameters.
         for attr in ("_sklearn_output_config", "_metadata_request"):
@@ -131,13 +135,16 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         "cache": CACHE_CONSTRAINT,
         "cache_prefix": ["boolean"],
         "verbose": ["verbose"],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "accelerator": "no_validation",
     }
 
     def __init__(self, backbone="resnet18", *, weights="DEFAULT", unfreeze=0,
                  head="linear", lr=1e-3, backbone_lr=None, max_epochs=10,
                  batch_size=32, optimizer="adamw", early_stopping=False,
                  validation_fraction=0.1, device="auto", random_state=None,
-                 cache=True, cache_prefix=True, verbose=0):
+                 cache=True, cache_prefix=True, verbose=0, precision="32",
+                 accelerator=None):
         self.backbone = backbone
         self.weights = weights
         self.unfreeze = unfreeze
@@ -154,6 +161,8 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         self.cache = cache
         self.cache_prefix = cache_prefix
         self.verbose = verbose
+        self.precision = precision
+        self.accelerator = accelerator
 
     # Subclasses define: _encode_targets(y) -> (targets, n_outputs, fitted attrs),
     # _criterion, _stratify(targets) and _y_validation (validate_data kwargs).
@@ -165,7 +174,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, "
                              "but the target y is None.")
-        device = resolve_device(self.device)
+        device = self._training_device()
         with worker_threads(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._torch_seed())
             backbone = resolve_backbone(self.backbone, self.weights)
@@ -192,6 +201,21 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         self.n_blocks_ = len(backbone.blocks)
         self._frozen_reader = reader
         return self
+
+    # -- mixed precision and distributed training. ``precision`` and
+    # ``accelerator`` are parameters of the subclasses that declare them;
+    # the others train in float32 in this process.
+    def _precision(self):
+        return getattr(self, "precision", "32")
+
+    def _training_device(self):
+        accelerator = getattr(self, "accelerator", None)
+        # With an accelerator, each process uses the device it assigns
+        # (cuda:<local rank> under accelerate launch / torchrun).
+        device = (str(accelerator.device) if accelerator is not None
+                  else resolve_device(self.device))
+        check_precision(self._precision(), device, accelerator)
+        return device
 
     def _split(self, n, targets):
         idx = np.arange(n)
@@ -239,6 +263,8 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                 torch.from_numpy(inputs[valid_idx]), torch.from_numpy(targets[valid_idx]))
             net = build_net(trained, criterion, valid_dataset=valid,
                             collate=None, **common)
+        net = distributed_net(net, precision=self._precision(),
+                              accelerator=getattr(self, "accelerator", None))
         trained = net.module
         if domain is not None:
             trained.domain = domain.to(device)
@@ -300,22 +326,39 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         return top, inputs, reader
 
     def _forward(self, X):
-        """Validated X -> raw network outputs (numpy, float32)."""
+        """X -> raw network outputs (numpy, float32).
+
+        A stream (generator, memmap, folder of images: see
+        :func:`~sktl.iter_chunks`) is read chunk by chunk, each chunk going
+        through the in-memory path.
+        """
         check_is_fitted(self)
+        if is_stream(X):
+            return map_chunks(lambda chunk: self._forward_in_memory(chunk, progress=False),
+                              X, chunk_size=default_chunk_size(X, self.batch_size),
+                              progress=self.verbose >= 1, desc="predict")
+        return self._forward_in_memory(X, progress=self.verbose >= 1)
+
+    def _forward_in_memory(self, X, *, progress):
         X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
         self.module_.to(self.device_)
-        run = {"batch_size": self.batch_size, "device": self.device_,
-               "progress": self.verbose >= 1}
+        run = {"batch_size": self.batch_size, "device": self.device_, "progress": progress}
         reader = getattr(self, "_frozen_reader", None)
         cache = resolve_cache(self.cache)
+        precision = self._precision()
+        check_precision(precision, self.device_)
         with worker_threads():
             if reader is None or cache is None or not reader.valid():
-                return forward_batches(self.module_, self.backbone_.preprocess, X,
-                                       desc="predict", **run)
+                with autocast(precision, self.device_):
+                    return forward_batches(self.module_, self.backbone_.preprocess, X,
+                                           desc="predict", **run)
+            # Cached rows are float32 features: the frozen blocks run in
+            # full precision, whatever ``precision`` is.
             frozen = forward_batches(reader.frozen, self.backbone_.preprocess, X,
                                      desc="frozen blocks", cache=cache, key=reader.key,
                                      pool=reader.pool, **run)
-            return forward_batches(reader.top, _as_tensor, frozen, desc="predict", **run)
+            with autocast(precision, self.device_):
+                return forward_batches(reader.top, _as_tensor, frozen, desc="predict", **run)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from numbers import Real
+import time
+from numbers import Integral, Real
 
 import numpy as np
+import torch
 from scipy.special import softmax
 from sklearn.base import ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
+from skorch.history import History
 from torch import nn
 
 from ._base import TransferEstimator
+from ._cache import resolve_cache
+from ._contrastive import (CONTRASTIVE_LOSSES, PAIR_SAMPLINGS, L2Normalize,
+                           TextTopReader, check_few_shot_labels, contrastive_tune, embed,
+                           logistic_head, make_encoder)
+from ._inference import probe_width, worker_threads
+from ._training import OPTIMIZERS, TransferModule, build_net, freeze, make_head
+from .backbones import resolve_backbone
 from .domain._convention import is_unlabelled
 from .domain._losses import DOMAIN_LOSSES
 
@@ -93,9 +103,61 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         ``unfreeze >= 1``. ``None``: ``-1`` is an ordinary label.
     domain_weight : float, default=1.0
         Weight of the domain loss.
+    strategy : {"finetune", "contrastive"}, default="finetune"
+        How the unfrozen blocks learn. ``"finetune"``: end to end with the
+        head, by cross-entropy, the backbone at ``backbone_lr`` and the head
+        at ``lr`` (discriminative learning rates). ``"contrastive"``: few-shot
+        transfer in the manner of SetFit: first the unfrozen blocks alone are
+        trained so that embeddings of the same class get close and those of
+        different classes apart (``pair_sampling``, ``pair_iterations``,
+        ``contrastive_loss``, ``contrastive_epochs``, at ``backbone_lr``),
+        then the head is fitted on the tuned, L2-normalised embeddings
+        (``head_C``). Usually the better choice with 8 to 64 labels per
+        class. Needs ``unfreeze >= 1`` and two examples of every class;
+        ``early_stopping`` and ``domain_loss`` are for ``"finetune"`` only.
+        With ``0 < unfreeze < n_blocks_`` the frozen blocks run once per
+        sentence (through ``cache``; BERT-like sentence encoders and
+        backbones ``torch.fx`` can split) and each step runs the top only.
+    pair_sampling : {"batch", "pairs"}, default="batch"
+        ``"contrastive"`` only. ``"batch"``: class-balanced batches of
+        ``batch_size`` examples in which every pair counts. ``"pairs"``:
+        SetFit's list of pairs (per iteration, every example with one random
+        positive and one random negative), ``batch_size`` pairs per step.
+    pair_iterations : int, default=20
+        ``"contrastive"`` only: SetFit's ``num_iterations``. Per epoch, every
+        example is drawn this many times; with ``"pairs"`` each draw makes
+        one positive and one negative pair, with ``"batch"`` it pairs the
+        example with the rest of its batch. One epoch is
+        ``ceil(pair_iterations * n_samples / batch_size)`` steps (``"batch"``)
+        or ``ceil(2 * pair_iterations * n_samples / batch_size)`` (``"pairs"``).
+    contrastive_loss : {"cosine", "supcon"}, default="cosine"
+        ``"contrastive"`` only. ``"cosine"``: SetFit's loss, squared error
+        between a pair's cosine similarity and 1 (same class) or 0, positive
+        and negative pairs weighted equally. ``"supcon"``: supervised
+        contrastive loss (Khosla et al. 2020, temperature 0.1).
+    contrastive_epochs : int, default=1
+        ``"contrastive"`` only: passes of the pair sampling.
+    head_C : float or None, default=1.0
+        ``"contrastive"`` with ``head="linear"``: inverse L2 regularisation of
+        the logistic regression fitted in closed form (L-BFGS) as the head,
+        as SetFit does. ``None``, or another ``head``: the head is trained by
+        gradient descent on the tuned embeddings (``lr``, ``max_epochs``).
     verbose : int, default=0
-        ``1`` prints an epoch log and progress bars for feature extraction
-        and prediction; ``2`` adds a per-batch training progress bar.
+        ``1`` prints an epoch log and progress bars for feature extraction,
+        contrastive tuning and prediction; ``2`` adds a per-batch training
+        progress bar.
+    precision : {"32", "bf16", "fp16"}, default="32"
+        Mixed precision: training and prediction run under
+        ``torch.autocast`` in bfloat16 or float16 (weights stay float32;
+        ``"fp16"`` also scales the loss, and needs CUDA; ``"bf16"`` also runs
+        on CPUs). With an ``accelerator``, set it there instead.
+    accelerator : accelerate.Accelerator or None, default=None
+        Train through Hugging Face accelerate (skorch's ``AccelerateMixin``):
+        under ``accelerate launch`` or ``torchrun`` every process fits the
+        same estimator on the same data, the model is wrapped in
+        ``DistributedDataParallel`` on the process's device and each
+        process trains on its share of the batches (multi-GPU, multi-node).
+        Stored as given, and shared (not copied) by clones.
 
     Attributes
     ----------
@@ -108,7 +170,10 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
     module_ : torch.nn.Module
         Backbone plus head.
     history_ : skorch.History
-        Per-epoch training log (losses, durations).
+        Per-epoch training log (losses, durations); with
+        ``strategy="contrastive"``, the mean contrastive loss of each epoch
+        (``"contrastive_loss"``), then the head's epochs if it was trained
+        by gradient.
     n_blocks_ : int
         Number of blocks ``unfreeze`` counts from.
     device_ : str
@@ -134,6 +199,21 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
     array([0, 1])
     >>> clf.score(X, y) > 0.9
     True
+
+    Few-shot contrastive tuning (SetFit-like), with two classes of eight
+    examples:
+
+    >>> X = rng.normal(size=(16, 4)).astype("float32")
+    >>> y = np.repeat([0, 1], 8)
+    >>> X[y == 1] += 1.0
+    >>> body = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8))
+    >>> clf = TransferClassifier(body, unfreeze="all", strategy="contrastive",
+    ...                          backbone_lr=1e-2, batch_size=8, contrastive_epochs=5,
+    ...                          random_state=0).fit(X, y)
+    >>> clf.history_[-1, "contrastive_loss"] < clf.history_[0, "contrastive_loss"]
+    True
+    >>> clf.score(X, y) > 0.9
+    True
     """
 
     _criterion = nn.CrossEntropyLoss
@@ -142,6 +222,12 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         **TransferEstimator._parameter_constraints,
         "domain_loss": [StrOptions(set(DOMAIN_LOSSES)), None],
         "domain_weight": [Interval(Real, 0, None, closed="left")],
+        "strategy": [StrOptions({"finetune", "contrastive"})],
+        "pair_sampling": [StrOptions(set(PAIR_SAMPLINGS))],
+        "pair_iterations": [Interval(Integral, 1, None, closed="left")],
+        "contrastive_loss": [StrOptions(set(CONTRASTIVE_LOSSES))],
+        "contrastive_epochs": [Interval(Integral, 1, None, closed="left")],
+        "head_C": [Interval(Real, 0, None, closed="neither"), None],
     }
 
     def __init__(self, backbone="resnet18", *, weights="DEFAULT", unfreeze=0,
@@ -149,16 +235,25 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
                  batch_size=32, optimizer="adamw", early_stopping=False,
                  validation_fraction=0.1, device="auto", random_state=None,
                  cache=True, cache_prefix=True, domain_loss=None, domain_weight=1.0,
-                 verbose=0):
+                 strategy="finetune", pair_sampling="batch", pair_iterations=20,
+                 contrastive_loss="cosine", contrastive_epochs=1, head_C=1.0,
+                 verbose=0, precision="32", accelerator=None):
         super().__init__(backbone, weights=weights, unfreeze=unfreeze, head=head, lr=lr,
                          backbone_lr=backbone_lr, max_epochs=max_epochs,
                          batch_size=batch_size, optimizer=optimizer,
                          early_stopping=early_stopping,
                          validation_fraction=validation_fraction, device=device,
                          random_state=random_state, cache=cache,
-                         cache_prefix=cache_prefix, verbose=verbose)
+                         cache_prefix=cache_prefix, verbose=verbose,
+                         precision=precision, accelerator=accelerator)
         self.domain_loss = domain_loss
         self.domain_weight = domain_weight
+        self.strategy = strategy
+        self.pair_sampling = pair_sampling
+        self.pair_iterations = pair_iterations
+        self.contrastive_loss = contrastive_loss
+        self.contrastive_epochs = contrastive_epochs
+        self.head_C = head_C
 
     def fit(self, X, y):
         """Fit the head (and the unfrozen blocks) on ``X``, ``y``.
@@ -174,7 +269,121 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         -------
         self : TransferClassifier
         """
+        self._validate_params()
+        if self.strategy == "contrastive":
+            return self._fit_contrastive(X, y)
         return self._fit(X, y)
+
+    def _fit_contrastive(self, X, y):
+        """``strategy="contrastive"``: tune the unfrozen blocks on pairs, then
+        fit the head on the tuned embeddings (see :mod:`sktl._contrastive`)."""
+        if self.domain_loss is not None:
+            raise ValueError("domain_loss is not supported with strategy='contrastive'; "
+                             "use strategy='finetune'.")
+        if self.unfreeze == 0:
+            raise ValueError(
+                "strategy='contrastive' tunes backbone blocks, but unfreeze=0 freezes "
+                "them all; unfreeze some (e.g. unfreeze=2: the top two layers of a "
+                "sentence encoder, or 'all'), or use strategy='finetune' for a "
+                "frozen backbone.")
+        device = self._training_device()
+        seed = self._torch_seed()
+        with worker_threads(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            rng = np.random.RandomState(seed)
+            backbone = resolve_backbone(self.backbone, self.weights)
+            X, y = self._validate_X(X, backbone.input_kind, reset=True, y=y,
+                                    y_kwargs=self._y_validation)
+            targets, n_classes, target_attrs = self._encode_targets(y)
+            check_few_shot_labels(targets)
+            backbone.module.to(device)
+            if backbone.n_features is None:
+                backbone.n_features = probe_width(backbone.module, backbone.preprocess,
+                                                  X, device)
+            trainable = freeze(backbone, self.unfreeze)
+            n_blocks = len(backbone.blocks)
+            n_frozen = 0 if trainable is None else n_blocks - self.unfreeze
+            encode = make_encoder(backbone, X, n_frozen, cache=resolve_cache(self.cache),
+                                  cache_prefix=self.cache_prefix,
+                                  batch_size=self.batch_size, device=device,
+                                  progress=self.verbose >= 1)
+            body = TransferModule(backbone.module, nn.Identity(), trainable)
+            optimizer = (OPTIMIZERS[self.optimizer] if isinstance(self.optimizer, str)
+                         else self.optimizer)
+            backbone_lr = self.lr / 10 if self.backbone_lr is None else self.backbone_lr
+            start = time.perf_counter()
+            losses = contrastive_tune(
+                body, encode, targets, pair_sampling=self.pair_sampling,
+                loss=self.contrastive_loss, n_iterations=self.pair_iterations,
+                epochs=self.contrastive_epochs, batch_size=self.batch_size,
+                optimizer=optimizer, lr=backbone_lr, rng=rng, device=device,
+                progress=self.verbose >= 1)
+            history = History()
+            for epoch, value in enumerate(losses, start=1):
+                history.new_epoch()
+                history.record("epoch", epoch)
+                history.record("contrastive_loss", value)
+            history.record("dur", time.perf_counter() - start)
+            features = embed(encode, len(targets), self.batch_size)
+            head = self._contrastive_head(features, targets, n_classes, seed, device,
+                                          history)
+            module = TransferModule(backbone.module, nn.Sequential(L2Normalize(), head),
+                                    trainable)
+            module.eval()
+        for name, value in target_attrs.items():
+            setattr(self, name, value)
+        self.backbone_ = backbone
+        self.module_ = module
+        self.history_ = history
+        self.device_ = device
+        self.n_blocks_ = n_blocks
+        self._frozen_reader = None
+        # Predictions read the frozen token states from the cache, as training did.
+        key = getattr(encode, "key", None)
+        self._text_reader = (None if key is None else
+                             TextTopReader(backbone, n_frozen, key, trainable))
+        return self
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_text_reader", None)  # tied to this process's tensors
+        return state
+
+    def _forward_in_memory(self, X, *, progress):
+        reader = getattr(self, "_text_reader", None)
+        cache = resolve_cache(self.cache)
+        if reader is None or cache is None or not reader.valid(self.backbone_):
+            return super()._forward_in_memory(X, progress=progress)
+        X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
+        self.module_.to(self.device_)
+        with worker_threads():
+            features = reader.features(self.backbone_, X, cache, self.batch_size,
+                                       self.device_, progress)
+            self.module_.head.eval()
+            with torch.inference_mode():
+                return self.module_.head(torch.from_numpy(features).to(self.device_)
+                                         ).float().cpu().numpy()
+
+    def _contrastive_head(self, features, targets, n_classes, seed, device, history):
+        """Closed-form logistic regression, or a head trained by gradient on
+        the (normalised) tuned embeddings."""
+        if self.head == "linear" and self.head_C is not None:
+            return logistic_head(features, targets, n_classes, self.head_C, seed).to(device)
+        z = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        head = make_head(self.head, z.shape[1], n_classes).to(device)
+        net = build_net(head, self._criterion, lr=self.lr, backbone_lr=self.lr,
+                        optimizer=self.optimizer, max_epochs=self.max_epochs,
+                        batch_size=self.batch_size, device=device, valid_dataset=None,
+                        early_stopping=False, collate=None, verbose=self.verbose)
+        data = torch.utils.data.TensorDataset(torch.from_numpy(z.astype(np.float32)),
+                                              torch.from_numpy(targets))
+        net.fit(data, y=None)
+        for row in net.history:
+            history.new_epoch()
+            history.record("epoch", len(history))
+            history.record("head_loss", row["train_loss"])
+            history.record("dur", row["dur"])
+        return net.module_
 
     def _encode_targets(self, y):
         y = column_or_1d(y, warn=True)

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import BackboneEstimatorMixin
 from ._inference import resolve_device, worker_threads
+from ._streaming import default_chunk_size, is_stream, map_chunks
 from ._training import OPTIMIZERS
 from .backbones._weights import WeightsUnavailableError, load_state_dict_file
 
@@ -573,8 +574,9 @@ default="ssdlite320_mobilenet_v3_large"
 
         Parameters
         ----------
-        images : list of ndarray or torch.Tensor
-            As in :meth:`fit`.
+        images : list of ndarray or torch.Tensor, or an iterator of them
+            As in :meth:`fit`; an iterator or generator (or a ``numpy.memmap``)
+            is read chunk by chunk, so memory does not grow with its length.
 
         Returns
         -------
@@ -585,6 +587,9 @@ default="ssdlite320_mobilenet_v3_large"
             below ``score_threshold`` are left out.
         """
         check_is_fitted(self, "model_")
+        if is_stream(images):  # an iterator of images: chunk by chunk
+            return map_chunks(self.predict, images,
+                              chunk_size=default_chunk_size(images, self.batch_size))
         tensors = _validate_images(images)
         model = self.model_.to(self.device_)
         model.eval()

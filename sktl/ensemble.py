@@ -32,6 +32,8 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from ._streaming import default_chunk_size, is_stream, map_chunks
+
 __all__ = ["SubdomainEnsembleClassifier"]
 
 _SEED_MAX = np.iinfo(np.int32).max
@@ -444,6 +446,8 @@ class SubdomainEnsembleClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstim
             Columns in the order of ``classes_``.
         """
         check_is_fitted(self)
+        if is_stream(X):  # a generator, memmap or folder: chunk by chunk
+            return map_chunks(self.predict_proba, X, chunk_size=default_chunk_size(X))
         Xv = self._validate_X(X, reset=False)
         Xe = self._expert_input(X, Xv)
         probas = [self._aligned_proba(est, Xe) for est in self.estimators_]

@@ -12,7 +12,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import BackboneEstimatorMixin
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
+from ._distributed import PRECISIONS, autocast, check_precision
 from ._inference import LayerOutput, forward_batches, probe_width, resolve_device, worker_threads
+from ._streaming import default_chunk_size, is_dask_collection, is_stream, map_chunks, stream_head
 from .backbones import shared_backbone
 
 __all__ = ["FeatureExtractor"]
@@ -25,6 +27,14 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
     ``torch.inference_mode`` and returns one row of features per sample,
     so any scikit-learn estimator can be trained on top, for instance as the
     first step of a :class:`~sklearn.pipeline.Pipeline`.
+
+    Inputs larger than memory are streamed: a generator or iterator of
+    texts, image paths or images, a ``numpy.memmap`` or the path of a
+    folder of images is read chunk by chunk (see :func:`~sktl.iter_chunks`),
+    so memory does not grow with the number of samples;
+    :func:`~sktl.transform_to_memmap` also writes the features to disk. A
+    dask array, dataframe or bag gives a lazy dask array computed partition
+    by partition on the dask workers (see :func:`sktl.dask.apply`).
 
     Parameters
     ----------
@@ -64,6 +74,10 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         :class:`~sktl.FeatureCache` sets the bounds and exposes the counters.
     verbose : int, default=0
         ``1`` shows a progress bar during :meth:`transform`.
+    precision : {"32", "bf16", "fp16"}, default="32"
+        Run the backbone under ``torch.autocast`` in bfloat16 or float16
+        (features are returned as float32). ``"fp16"`` needs a CUDA device;
+        ``"bf16"`` also runs on CPUs. Cached rows are kept per precision.
 
     Attributes
     ----------
@@ -109,11 +123,12 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         "random_state": ["random_state"],
         "cache": CACHE_CONSTRAINT,
         "verbose": ["verbose"],
+        "precision": [StrOptions(set(PRECISIONS))],
     }
 
     def __init__(self, backbone="resnet18", *, weights="DEFAULT", layer=None,
                  pooling="auto", batch_size=32, device="auto", random_state=None,
-                 cache=True, verbose=0):
+                 cache=True, verbose=0, precision="32"):
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
@@ -123,14 +138,18 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.cache = cache
         self.verbose = verbose
+        self.precision = precision
 
     def fit(self, X, y=None):
         """Load the backbone and check ``X``; no training happens.
 
         Parameters
         ----------
-        X : array-like, list of str, list of PIL images or paths
-            Inputs of the kind the backbone reads.
+        X : array-like, list of str, list of PIL images or paths, or a stream
+            Inputs of the kind the backbone reads. Of a stream (generator,
+            memmap, folder of images) only the first sample is read: a
+            generator loses it, so pass a generator to :meth:`fit_transform`
+            or fit on a sample.
         y : None
             Ignored.
 
@@ -139,7 +158,14 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         self : FeatureExtractor
         """
         self._validate_params()
+        if is_dask_collection(X):
+            raise TypeError("fit reads in-memory samples; fit on a sample, e.g. "
+                            "X[:1].compute() or bag.take(1), then transform the dask "
+                            "collection.")
+        if is_stream(X):
+            X, _ = stream_head(X, 1)
         device = resolve_device(self.device)
+        check_precision(self.precision, device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._torch_seed())
             backbone = shared_backbone(self.backbone, self.weights, device)
@@ -150,8 +176,10 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
             if self.layer is not None or width is None:
                 width = probe_width(module, backbone.preprocess, X, device)
         backbone.module.requires_grad_(False)
+        # float32 rows keep their historical key; other precisions get their own.
+        precision = {} if self.precision == "32" else {"precision": self.precision}
         self._extraction_key = extraction_key(backbone, layer=self.layer,
-                                              pooling=self.pooling)
+                                              pooling=self.pooling, **precision)
         self.backbone_ = backbone
         self.extractor_ = module
         self.block_names_ = backbone.block_names
@@ -165,24 +193,63 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         pooling = "mean" if self.pooling == "auto" else self.pooling
         return LayerOutput(backbone.module, backbone.block_modules(self.layer), pooling)
 
-    def transform(self, X):
-        """Features of ``X``.
+    def fit_transform(self, X, y=None):
+        """Fit on ``X`` (no training happens), then return its features.
+
+        A generator is read once: its first sample fits, and every sample,
+        the first included, is transformed.
 
         Parameters
         ----------
-        X : array-like, list of str, list of PIL images or paths
+        X : array-like, list of str, list of PIL images or paths, or a stream
+            Inputs of the kind the backbone reads.
+        y : None
+            Ignored.
 
         Returns
         -------
         ndarray of shape (n_samples, ``n_features_out_``), dtype float32
         """
+        if is_stream(X):
+            head, X = stream_head(X, 1)
+            return self.fit(head).transform(X)
+        return self.fit(X).transform(X)
+
+    def transform(self, X):
+        """Features of ``X``.
+
+        Parameters
+        ----------
+        X : array-like, list of str, list of PIL images or paths, stream or dask collection
+            In-memory inputs; or a stream read chunk by chunk (a generator
+            or iterator of samples, a ``numpy.memmap``, the path of a folder
+            of images, see :func:`~sktl.iter_chunks`); or a dask array,
+            dataframe or bag (see :func:`sktl.dask.apply`).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, ``n_features_out_``), dtype float32
+            A lazy ``dask.array.Array`` for a dask collection.
+        """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            from .dask import apply
+
+            return apply(self, X, method="transform")
+        if is_stream(X):
+            return map_chunks(lambda chunk: self._transform_in_memory(chunk, progress=False),
+                              X, chunk_size=default_chunk_size(X, self.batch_size),
+                              progress=self.verbose >= 1, desc="features")
+        return self._transform_in_memory(X, progress=self.verbose >= 1)
+
+    def _transform_in_memory(self, X, *, progress):
         X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
         self.extractor_.to(self.device_)
-        with worker_threads():
+        precision = getattr(self, "precision", "32")  # models pickled before it existed
+        with worker_threads(), autocast(precision, self.device_):
             return forward_batches(self.extractor_, self.backbone_.preprocess, X,
                                    batch_size=self.batch_size, device=self.device_,
-                                   progress=self.verbose >= 1, desc="features",
+                                   progress=progress, desc="features",
                                    cache=resolve_cache(self.cache), key=self._extraction_key)
 
     def get_feature_names_out(self, input_features=None):

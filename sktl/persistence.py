@@ -55,6 +55,11 @@ def _jsonable_params(estimator):
             from_source = hasattr(original["backbone"], "backbone_")
             params[key] = value if named and not from_source else None
             continue
+        if key == "accelerator":
+            # The process's distributed state: a loaded model trains in one
+            # process unless given an accelerator again.
+            params[key] = None
+            continue
         if key == "random_state" and not (value is None or isinstance(value, int)):
             value = None
         if not (value is None or isinstance(value, (str, int, float, bool))):

@@ -20,7 +20,7 @@ class TransferRegressor(RegressorMixin, TransferEstimator):
 
     Parameters
     ----------
-    backbone, weights, unfreeze, head, lr, backbone_lr, max_epochs, batch_size, optimizer, early_stopping, validation_fraction, device, random_state, cache, cache_prefix, verbose
+    backbone, weights, unfreeze, head, lr, backbone_lr, max_epochs, batch_size, optimizer, early_stopping, validation_fraction, device, random_state, cache, cache_prefix, verbose, precision, accelerator
         As in :class:`~sktl.TransferClassifier`.
 
     Attributes

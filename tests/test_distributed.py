@@ -1,0 +1,117 @@
+"""Mixed precision, and multi-process data-parallel training through
+accelerate (skorch's AccelerateMixin), run as 2 CPU processes by torchrun."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose
+from torch import nn
+
+from sktl import FeatureExtractor, TransferClassifier, TransferRegressor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(5, 16), nn.ReLU())
+
+
+def test_torchrun_two_cpu_processes_train_the_same_model(tmp_path):
+    pytest.importorskip("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", "2", os.path.join(HERE, "ddp_fit.py"), str(tmp_path)]
+    # Generous timeout: two fresh interpreters import torch, accelerate and
+    # sktl on a 2-core machine that may be busy with other work.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env,
+                          check=False)
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line]
+    assert proc.returncode == 0, "\n".join(errors[-20:]) + proc.stderr[-2000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    weights = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for report in reports:
+        assert report["world_size"] == 2
+        assert report["distributed_type"] == "DistributedType.MULTI_CPU"
+        assert report["backend"] == "gloo"
+        # Each process trained on its half of the 10 batches of an epoch.
+        assert report["batches_per_epoch"] == math.ceil(math.ceil(160 / 16) / 2)
+        assert report["backbone_moved"] and report["unwrapped"] == "TransferModule"
+        assert report["train_loss"][-1] < report["train_loss"][0]
+        assert report["accuracy"] > 0.8
+    # Gradients were averaged across processes: identical weights.
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
+    assert reports[0]["accuracy"] == reports[1]["accuracy"]
+
+
+def test_bf16_training_and_prediction_on_cpu(blobs):
+    X, y = blobs
+    params = {"unfreeze": "all", "max_epochs": 6, "lr": 0.02, "random_state": 0}
+    full = TransferClassifier(_mlp(), **params).fit(X, y)
+    mixed = TransferClassifier(_mlp(), precision="bf16", **params).fit(X, y)
+    assert mixed.score(X, y) > 0.9
+    # bfloat16 rounds: close to the float32 model, not equal.
+    proba = mixed.predict_proba(X)
+    assert proba.dtype == np.float64 and np.isfinite(proba).all()
+    assert not np.array_equal(proba, full.predict_proba(X))
+    assert (mixed.predict(X) == full.predict(X)).mean() > 0.95
+
+
+def test_bf16_regressor_and_extractor(blobs):
+    X, _ = blobs
+    target = X[:, 0] - X[:, 1]
+    reg = TransferRegressor(_mlp(), unfreeze="all", max_epochs=30, lr=0.02, random_state=0,
+                            precision="bf16").fit(X, target)
+    assert reg.score(X, target) > 0.8
+    body = _mlp()  # copied by each extractor: the same weights
+    fe32 = FeatureExtractor(body, cache=False).fit(X)
+    fe16 = FeatureExtractor(body, cache=False, precision="bf16").fit(X)
+    assert fe16.transform(X).dtype == np.float32
+    assert_allclose(fe16.transform(X), fe32.transform(X), rtol=2e-2, atol=5e-2)
+    # Cached float32 rows are never served to a bf16 extractor.
+    assert fe16._extraction_key != fe32._extraction_key
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+@pytest.mark.parametrize("make", [
+    lambda: TransferClassifier(_mlp(), precision="fp16", max_epochs=1),
+    lambda: FeatureExtractor(_mlp(), precision="fp16"),
+])
+def test_fp16_needs_cuda(make, blobs):
+    X, y = blobs
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        make().fit(X, y)
+
+
+def test_accelerator_is_kept_by_clone_and_checked_against_precision(blobs, tmp_path):
+    accelerate = pytest.importorskip("accelerate")
+    from sklearn.base import clone
+
+    accelerator = accelerate.Accelerator(cpu=True)
+    clf = TransferClassifier(_mlp(), accelerator=accelerator)
+    assert clone(clf).accelerator is accelerator
+    X, y = blobs
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TransferClassifier(_mlp(), accelerator=accelerator, precision="bf16").fit(X, y)
+    # Single process: the accelerator places the model and trains as usual.
+    fitted = TransferClassifier(_mlp(), accelerator=accelerator, unfreeze="all",
+                                max_epochs=5, lr=0.02, random_state=0).fit(X, y)
+    assert fitted.score(X, y) > 0.9
+    # Saved without the accelerator (the process's state), predicting the same.
+    from conftest import TinyNet
+
+    from sktl import load, save
+
+    fitted = TransferClassifier(TinyNet, accelerator=accelerator, unfreeze="all",
+                                max_epochs=2, random_state=0).fit(X, y)
+    save(fitted, tmp_path / "model")
+    loaded = load(tmp_path / "model")
+    assert loaded.accelerator is None
+    assert_allclose(loaded.predict_proba(X), fitted.predict_proba(X), rtol=1e-6)
