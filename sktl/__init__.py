@@ -23,9 +23,9 @@ __version__ = "0.1.0"  # first: submodules read it
 from ._cache import FeatureCache, default_cache
 from ._streaming import image_files, iter_chunks, transform_to_memmap
 from .classifier import TransferClassifier
+from .detection import TransferDetector
 from .distillation import DistillationClassifier
 from .domain import DomainAdaptTransformer, make_da_pipeline
-from .detection import TransferDetector
 from .ensemble import SubdomainEnsembleClassifier
 from .features import FeatureExtractor
 from .persistence import load, save

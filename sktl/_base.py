@@ -192,15 +192,21 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                                           criterion or self._criterion)
         # Attributes are set only once training succeeded: a failed refit
         # leaves a previously fitted model intact.
+        self._set_fitted(target_attrs, backbone, module, history, device,
+                         len(backbone.blocks), reader)
+        return self
+
+    def _set_fitted(self, target_attrs, backbone, module, history, device, n_blocks,
+                    reader):
+        """Publish a finished fit's results as fitted attributes."""
         for name, value in target_attrs.items():
             setattr(self, name, value)
         self.backbone_ = backbone
         self.module_ = module
         self.history_ = history
         self.device_ = device
-        self.n_blocks_ = len(backbone.blocks)
+        self.n_blocks_ = n_blocks
         self._frozen_reader = reader
-        return self
 
     # -- mixed precision and distributed training. ``precision`` and
     # ``accelerator`` are parameters of the subclasses that declare them;

@@ -42,9 +42,21 @@ from ._prefix import split_frozen_prefix
 from .backbones import pool_features
 from .backbones._inputs import n_samples, take
 
-__all__ = ["CONTRASTIVE_LOSSES", "PAIR_SAMPLINGS", "L2Normalize", "balanced_batches",
-           "check_few_shot_labels", "contrastive_loss", "contrastive_tune", "embed",
-           "logistic_head", "make_encoder", "pair_batches", "sample_pairs", "TextTopReader"]
+__all__ = [
+    "CONTRASTIVE_LOSSES",
+    "PAIR_SAMPLINGS",
+    "L2Normalize",
+    "TextTopReader",
+    "balanced_batches",
+    "check_few_shot_labels",
+    "contrastive_loss",
+    "contrastive_tune",
+    "embed",
+    "logistic_head",
+    "make_encoder",
+    "pair_batches",
+    "sample_pairs",
+]
 
 PAIR_SAMPLINGS = ("batch", "pairs")
 CONTRASTIVE_LOSSES = ("cosine", "supcon")
@@ -94,7 +106,7 @@ def pair_batches(targets, n_iterations, batch_size, rng):
     """``"pairs"`` sampling: batches of ``batch_size`` pairs from
     :func:`sample_pairs`, as ``(sentence indices, pair mask)``: the loss sees
     only the listed pairs, as in SetFit."""
-    first, second, same = sample_pairs(targets, n_iterations, rng)
+    first, second, _ = sample_pairs(targets, n_iterations, rng)
     for start in range(0, len(first), batch_size):
         a, b = first[start:start + batch_size], second[start:start + batch_size]
         idx, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)

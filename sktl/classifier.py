@@ -18,9 +18,17 @@ from torch import nn
 
 from ._base import TransferEstimator
 from ._cache import resolve_cache
-from ._contrastive import (CONTRASTIVE_LOSSES, PAIR_SAMPLINGS, L2Normalize,
-                           TextTopReader, check_few_shot_labels, contrastive_tune, embed,
-                           logistic_head, make_encoder)
+from ._contrastive import (
+    CONTRASTIVE_LOSSES,
+    PAIR_SAMPLINGS,
+    L2Normalize,
+    TextTopReader,
+    check_few_shot_labels,
+    contrastive_tune,
+    embed,
+    logistic_head,
+    make_encoder,
+)
 from ._inference import probe_width, worker_threads
 from ._training import OPTIMIZERS, TransferModule, build_net, freeze, make_head
 from .backbones import resolve_backbone
@@ -330,14 +338,8 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
             module = TransferModule(backbone.module, nn.Sequential(L2Normalize(), head),
                                     trainable)
             module.eval()
-        for name, value in target_attrs.items():
-            setattr(self, name, value)
-        self.backbone_ = backbone
-        self.module_ = module
-        self.history_ = history
-        self.device_ = device
-        self.n_blocks_ = n_blocks
-        self._frozen_reader = None
+        self._set_fitted(target_attrs, backbone, module, history, device, n_blocks,
+                         reader=None)
         # Predictions read the frozen token states from the cache, as training did.
         key = getattr(encode, "key", None)
         self._text_reader = (None if key is None else

@@ -13,10 +13,17 @@ from torch import nn
 
 from sktl import TransferClassifier
 from sktl._cache import FeatureCache
-from sktl._contrastive import (balanced_batches, check_few_shot_labels, contrastive_loss,
-                               embed, make_encoder, pair_batches, sample_pairs)
-from sktl.backbones import resolve_backbone
+from sktl._contrastive import (
+    balanced_batches,
+    check_few_shot_labels,
+    contrastive_loss,
+    embed,
+    make_encoder,
+    pair_batches,
+    sample_pairs,
+)
 from sktl._training import freeze
+from sktl.backbones import resolve_backbone
 
 # -- a tiny BERT sentence encoder (random weights, MiniLM's tokenizer) ----------
 POSITIVE = ["great", "good", "excellent", "superb", "lovely", "wonderful", "fine", "nice"]
@@ -99,7 +106,7 @@ def test_balanced_batches_are_class_balanced_and_cover_the_data():
         assert len(idx) == 9 and len(set(idx)) == 9  # no example twice in a batch
         counts = np.bincount(targets[idx], minlength=3)
         assert counts.max() - counts.min() <= 1
-        assert mask.all() == False and mask.sum() == 9 * 8  # noqa: E712 - every pair
+        assert not mask.all() and mask.sum() == 9 * 8  # every pair but the diagonal
         draws[idx] += 1
     assert draws.min() >= 3 and draws.max() <= 5  # about n_iterations each
 
