@@ -17,29 +17,43 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
 * ``setfit``: the ``setfit`` package, paper settings (``num_iterations=20``,
   ``num_epochs=1``, ``batch_size=16``, body LR 2e-5, logistic-regression head);
 * ``contrastive``: ``TransferClassifier(strategy="contrastive",
-  unfreeze="all", backbone_lr=2e-5, pair_sampling="pairs",
-  contrastive_loss="cosine", batch_size=16)``, every other parameter at its
-  default (20 pair iterations, 1 epoch, logistic-regression head with C=1):
-  SetFit's recipe inside sktl, at a constant learning rate (SetFit warms up
-  and decays linearly) and encoding each distinct sentence of a batch once.
+  unfreeze="all", backbone_lr=5e-5, pair_sampling="batch",
+  contrastive_loss="supcon", contrastive_schedule="linear", batch_size=16)``,
+  every other parameter at its default (20 pair iterations, 1 epoch,
+  logistic-regression head with C=1): every layer moves, as in SetFit, with
+  SetFit's warm-up and linear decay, but each step is a class-balanced batch
+  of 16 sentences in which every pair counts, under the supervised
+  contrastive loss (SetFit: 16 listed pairs, up to 32 sentences, per step),
+  so an epoch costs about a third of SetFit's forward passes.
   This is sktl's strategy of record: ``sktl_acc`` and
   ``fit_time_ratio_vs_setfit`` are its figures. Chosen on dev sets, never
   on a test set (N=8, seeds 0-4; SST-2 and SST-5: first 600 dev sentences;
-  CR: 400 sentences split off the training pool, ``random_state=1``),
-  accuracy in %, SetFit on the same draws in brackets:
+  CR: 400 sentences split off the training pool, ``random_state=1``), as the
+  configuration whose *smallest* margin over SetFit across the three data
+  sets is largest (the target is SetFit's mean on every data set). Accuracy
+  in %, SetFit on the same draws in brackets, fit seconds per run
+  (indicative: some dev runs shared the CPUs with other work):
 
-  ========================================  =======  =======  =======
-  configuration                             SST-2    SST-5    CR
-  ========================================  =======  =======  =======
-  SetFit                                    (62.87)  (30.73)  (73.30)
-  every layer, pairs, cosine, 2e-5          62.17    31.03    75.65
-  every layer, SupCon, 5e-5                 62.70    30.20    73.85
-  top 4 layers, SupCon, 1e-4                61.67    30.53    74.55
-  top 2 layers, SupCon, 1e-4 (earlier)      63.07    --       68.90
-  ========================================  =======  =======  =======
+  ==========================================  =======  =======  =======  ================
+  configuration (every layer unless said)     SST-2    SST-5    CR       fit s (2/5/CR)
+  ==========================================  =======  =======  =======  ================
+  SetFit                                      (62.87)  (30.73)  (73.30)  43.5/108.2/49.2
+  batch, SupCon, 5e-5, linear (of record)     63.23    31.13    73.10    17.9/32.8/16.3
+  batch, SupCon, 1e-4, linear                 62.47    31.33    73.90    14.8/33.2/15.0
+  batch, SupCon, 5e-5, constant               62.70    30.20    73.85    14.8/33.0/15.1
+  pairs, cosine, 2e-5, linear (SetFit's)      62.80    30.70    73.05    29.5/109.5/27.3
+  pairs, cosine, 2e-5, constant (earlier)     62.17    31.03    75.65    24.8/84.0/28.8
+  batch, cosine, 2e-5, 40 iterations          62.40    29.43    75.30    26.9/71.1/29.5
+  top 4 layers, batch, SupCon, 1e-4           61.67    30.53    74.55    7.5/19.1/8.5
+  top 2 layers, batch, SupCon, 1e-4           63.07    --       68.90    3.7/--/4.6
+  ==========================================  =======  =======  =======  ================
 
-  Moving only the top layers is 3-10x faster and level on SST-2, but falls
-  behind on CR (product reviews), where tuning every layer pays;
+  SST-2 favours moving the encoder little, CR (product reviews) moving it
+  a lot; the configuration of record is the one that is not behind SetFit
+  by more than 0.2 on any of the three. SetFit's own recipe run inside sktl
+  (pairs, cosine, 2e-5, linear) reproduces SetFit's accuracy, as it should.
+  At N=64 (SST-2 dev, draws 0 and 1) the record reaches 79.1 in 109 s per
+  fit (SetFit at N=64 on the SST-2 test set: about 420 s per fit);
 * ``finetune``: ``TransferClassifier(strategy="finetune", unfreeze="all",
   lr=1e-3, backbone_lr=2e-5, max_epochs=20, batch_size=16)``, cross-entropy
   end to end with discriminative learning rates, for comparison.
@@ -81,8 +95,9 @@ import numpy as np
 
 ALL_DATASETS = ("sst2", "sst5", "cr")
 ALL_METHODS = ("probe", "setfit", "contrastive", "finetune")
-CONTRASTIVE = {"strategy": "contrastive", "unfreeze": "all", "backbone_lr": 2e-5,
-               "pair_sampling": "pairs", "contrastive_loss": "cosine", "batch_size": 16}
+CONTRASTIVE = {"strategy": "contrastive", "unfreeze": "all", "backbone_lr": 5e-5,
+               "pair_sampling": "batch", "contrastive_loss": "supcon",
+               "contrastive_schedule": "linear", "batch_size": 16}
 FINETUNE = {"strategy": "finetune", "unfreeze": "all", "lr": 1e-3, "backbone_lr": 2e-5,
             "max_epochs": 20, "batch_size": 16}
 
