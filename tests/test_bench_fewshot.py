@@ -66,9 +66,10 @@ def test_draws_of_another_configuration_are_not_reused(bench, monkeypatch, tmp_p
     monkeypatch.setenv("SKTL_FEWSHOT_RUNS", str(runs_file))
     bench.run(quick=False)
     bench.calls.clear()
-    monkeypatch.setitem(bench.CONTRASTIVE, "backbone_lr", 1e-4)
+    recorded = str(bench.CONTRASTIVE["backbone_lr"])
+    monkeypatch.setitem(bench.CONTRASTIVE, "backbone_lr", 1e-3)
     bench.run(quick=False)
     assert len(bench.calls) == 6
     protocols = [json.loads(line)["protocol"]["contrastive"]["backbone_lr"]
                  for line in runs_file.read_text().splitlines()]
-    assert protocols == ["2e-05", "2e-05", "0.0001", "0.0001"]
+    assert protocols == [recorded, recorded, "0.001", "0.001"]
