@@ -127,7 +127,7 @@ def test_halving_search_randomized_search_and_learning_curve_reuse_rows(blobs, c
     assert cache.misses == len(X)
     RandomizedSearchCV(clf, {"lr": [0.003, 0.01, 0.03, 0.1]}, n_iter=3, cv=2,
                        random_state=0).fit(X, y)
-    sizes, _train_scores, test_scores = learning_curve(clf, X, y, cv=3,
+    _sizes, _train_scores, test_scores = learning_curve(clf, X, y, cv=3,
                                                       train_sizes=[0.5, 1.0])
     assert cache.misses == len(X)  # every sample ran through the backbone once
     assert np.all(np.isfinite(test_scores))
