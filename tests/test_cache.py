@@ -115,8 +115,7 @@ def test_cache_is_shared_by_clones_bounded_and_picklable(blobs):
 
 def test_halving_search_randomized_search_and_learning_curve_reuse_rows(blobs, cache):
     from sklearn.experimental import enable_halving_search_cv  # noqa: F401
-    from sklearn.model_selection import (HalvingGridSearchCV, RandomizedSearchCV,
-                                         learning_curve)
+    from sklearn.model_selection import HalvingGridSearchCV, RandomizedSearchCV, learning_curve
 
     X, y = blobs
     pretrained = TinyNet()
