@@ -66,7 +66,9 @@ time is not reported).
 
 Environment variables restrict the full run: ``SKTL_FEWSHOT_DATASETS``
 (e.g. ``sst2``), ``SKTL_FEWSHOT_N`` (e.g. ``8,64``), ``SKTL_FEWSHOT_SEEDS``
-(number of seeds, default 5), ``SKTL_FEWSHOT_METHODS`` (default all four).
+(number of seeds, default 5), ``SKTL_FEWSHOT_FIRST_SEED`` (default 0: seeds
+``first, first + 1, ...``, so that a long run can be split over machines
+that share no runs file), ``SKTL_FEWSHOT_METHODS`` (default all four).
 
 The full run takes hours on 2 CPU cores (SetFit alone: about 7 minutes per
 SST-2 draw at N=64, 20 on SST-5). ``SKTL_FEWSHOT_RUNS=path.jsonl`` makes it
@@ -216,6 +218,7 @@ def run(quick: bool) -> dict:
     datasets = _env_list("SKTL_FEWSHOT_DATASETS", ALL_DATASETS)
     sizes = [int(n) for n in _env_list("SKTL_FEWSHOT_N", ["8"] if quick else ["8", "64"])]
     n_seeds = int(os.environ.get("SKTL_FEWSHOT_SEEDS", 1 if quick else 5))
+    first_seed = int(os.environ.get("SKTL_FEWSHOT_FIRST_SEED", 0))
     methods = _env_list("SKTL_FEWSHOT_METHODS", ALL_METHODS)
     runs_file = os.environ.get("SKTL_FEWSHOT_RUNS", "").strip()
     test_cache = FeatureCache(max_bytes=4 << 30)
@@ -227,7 +230,7 @@ def run(quick: bool) -> dict:
         protocol = _protocol(quick, len(X_test))
         stored = _stored_draws(runs_file, protocol)
         for n in sizes:
-            for seed in range(n_seeds):
+            for seed in range(first_seed, first_seed + n_seeds):
                 known = stored.get((name, n, seed), {})
                 if all(m in known for m in methods):
                     runs += [r for m, r in known.items() if m in methods]

@@ -61,6 +61,16 @@ def test_finished_draws_are_read_back_from_the_runs_file(bench, monkeypatch, tmp
     assert sorted({s for _, s in bench.calls}) == [2]
 
 
+def test_first_seed_runs_only_the_later_draws(bench, monkeypatch):
+    monkeypatch.delenv("SKTL_FEWSHOT_RUNS", raising=False)
+    monkeypatch.setenv("SKTL_FEWSHOT_FIRST_SEED", "2")
+    result = bench.run(quick=False)
+    assert sorted({s for _, s in bench.calls}) == [2, 3]
+    assert result["setfit_acc"] == {"sst2-8": 72.5}  # 70 + mean(2, 3)
+    # ABBA follows the seed: seed 3 runs the methods in reverse order
+    assert [m for m, s in bench.calls if s == 3] == ["contrastive", "setfit", "probe"]
+
+
 def test_draws_of_another_configuration_are_not_reused(bench, monkeypatch, tmp_path):
     runs_file = tmp_path / "runs.jsonl"
     monkeypatch.setenv("SKTL_FEWSHOT_RUNS", str(runs_file))
