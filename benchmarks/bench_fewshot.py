@@ -99,7 +99,9 @@ ALL_DATASETS = ("sst2", "sst5", "cr")
 ALL_METHODS = ("probe", "setfit", "contrastive", "finetune")
 CONTRASTIVE = {"strategy": "contrastive", "unfreeze": "all", "backbone_lr": 5e-5,
                "pair_sampling": "batch", "contrastive_loss": "supcon",
-               "contrastive_schedule": "linear", "batch_size": 16}
+               "contrastive_schedule": "linear", "batch_size": 16,
+               "contrastive_min_steps": 40}
+N_CLASSES = {"sst2": 2, "sst5": 5, "cr": 2}
 FINETUNE = {"strategy": "finetune", "unfreeze": "all", "lr": 1e-3, "backbone_lr": 2e-5,
             "max_epochs": 20, "batch_size": 16}
 
@@ -187,6 +189,26 @@ def _protocol(quick, n_test):
             "quick": quick, "n_test": n_test}
 
 
+def _floor_is_idle(dataset, n):
+    """Whether ``contrastive_min_steps`` leaves the record's step count of
+    this draw size unchanged (then draws stored before the floor existed
+    ran exactly the same computation)."""
+    from sktl._contrastive import iterations_for
+
+    targets = np.repeat(np.arange(N_CLASSES[dataset]), n)
+    p = CONTRASTIVE
+    return iterations_for(targets, p["pair_sampling"], 20, p["batch_size"], 1,
+                          p["contrastive_min_steps"]) == 20
+
+
+def _matches(record, protocol):
+    if record["protocol"] == protocol:
+        return True
+    older = json.loads(json.dumps(protocol))
+    older["contrastive"].pop("contrastive_min_steps")
+    return record["protocol"] == older and _floor_is_idle(record["dataset"], record["n"])
+
+
 def _stored_draws(path, protocol):
     """``{(data set, N, seed): {method: run}}`` read from a runs file."""
     draws = {}
@@ -195,7 +217,7 @@ def _stored_draws(path, protocol):
     with open(path, encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
-            if record["protocol"] == protocol:
+            if _matches(record, protocol):
                 key = (record["dataset"], record["n"], record["seed"])
                 draws.setdefault(key, {}).update({r["method"]: r for r in record["runs"]})
     return draws
