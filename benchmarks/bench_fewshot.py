@@ -39,6 +39,7 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
   ==========================================  =======  =======  =======  ================
   SetFit                                      (62.87)  (30.73)  (73.30)  43.5/108.2/49.2
   batch, SupCon, 5e-5, linear (of record)     63.23    31.13    73.10    17.9/32.8/16.3
+  same, 40 iterations on the binary sets      62.83    --       73.75    45.3/--/49.0
   batch, SupCon, 1e-4, linear                 62.47    31.33    73.90    14.8/33.2/15.0
   batch, SupCon, 5e-5, constant               62.70    30.20    73.85    14.8/33.0/15.1
   pairs, cosine, 2e-5, linear (SetFit's)      62.80    30.70    73.05    29.5/109.5/27.3
@@ -50,7 +51,13 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
 
   SST-2 favours moving the encoder little, CR (product reviews) moving it
   a lot; the configuration of record is the one that is not behind SetFit
-  by more than 0.2 on any of the three. SetFit's own recipe run inside sktl
+  by more than 0.2 on any of the three. The row below it (a floor of 40
+  steps, which lifts only the binary N=8 sets from 20 steps, fit times from
+  a slower day) has a smaller worst margin on dev (-0.04), so it was run on
+  the CR test set at N=8, 10 draws, side by side with SetFit: 73.03 +- 3.73,
+  the record's 73.03 to the hundredth (per draw -1.9 to +1.1), SetFit 74.20
+  on the same draws, at 0.60 of SetFit's fit time. Not adopted: the dev gain
+  did not carry over. SetFit's own recipe run inside sktl
   (pairs, cosine, 2e-5, linear) reproduces SetFit's accuracy, as it should.
   At N=64 (SST-2 dev, draws 0 and 1) the record reaches 79.1 in 109 s per
   fit (SetFit at N=64 on the SST-2 test set: about 420 s per fit);
@@ -99,9 +106,7 @@ ALL_DATASETS = ("sst2", "sst5", "cr")
 ALL_METHODS = ("probe", "setfit", "contrastive", "finetune")
 CONTRASTIVE = {"strategy": "contrastive", "unfreeze": "all", "backbone_lr": 5e-5,
                "pair_sampling": "batch", "contrastive_loss": "supcon",
-               "contrastive_schedule": "linear", "batch_size": 16,
-               "contrastive_min_steps": 40}
-N_CLASSES = {"sst2": 2, "sst5": 5, "cr": 2}
+               "contrastive_schedule": "linear", "batch_size": 16}
 FINETUNE = {"strategy": "finetune", "unfreeze": "all", "lr": 1e-3, "backbone_lr": 2e-5,
             "max_epochs": 20, "batch_size": 16}
 
@@ -189,26 +194,6 @@ def _protocol(quick, n_test):
             "quick": quick, "n_test": n_test}
 
 
-def _floor_is_idle(dataset, n):
-    """Whether ``contrastive_min_steps`` leaves the record's step count of
-    this draw size unchanged (then draws stored before the floor existed
-    ran exactly the same computation)."""
-    from sktl._contrastive import iterations_for
-
-    targets = np.repeat(np.arange(N_CLASSES[dataset]), n)
-    p = CONTRASTIVE
-    return iterations_for(targets, p["pair_sampling"], 20, p["batch_size"], 1,
-                          p["contrastive_min_steps"]) == 20
-
-
-def _matches(record, protocol):
-    if record["protocol"] == protocol:
-        return True
-    older = json.loads(json.dumps(protocol))
-    older["contrastive"].pop("contrastive_min_steps")
-    return record["protocol"] == older and _floor_is_idle(record["dataset"], record["n"])
-
-
 def _stored_draws(path, protocol):
     """``{(data set, N, seed): {method: run}}`` read from a runs file."""
     draws = {}
@@ -217,7 +202,7 @@ def _stored_draws(path, protocol):
     with open(path, encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
-            if _matches(record, protocol):
+            if record["protocol"] == protocol:
                 key = (record["dataset"], record["n"], record["seed"])
                 draws.setdefault(key, {}).update({r["method"]: r for r in record["runs"]})
     return draws

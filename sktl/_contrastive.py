@@ -53,11 +53,9 @@ __all__ = [
     "contrastive_loss",
     "contrastive_tune",
     "embed",
-    "iterations_for",
     "linear_schedule",
     "logistic_head",
     "make_encoder",
-    "n_steps",
     "pair_batches",
     "sample_pairs",
 ]
@@ -168,20 +166,6 @@ def n_steps(targets, pair_sampling, n_iterations, batch_size):
     if pair_sampling == "pairs":
         return math.ceil(2 * n_iterations * n / batch_size)
     return math.ceil(n_iterations * n / batch_size)
-
-
-def iterations_for(targets, pair_sampling, n_iterations, batch_size, epochs, min_steps):
-    """``n_iterations``, raised to the fewest iterations whose ``epochs``
-    passes take at least ``min_steps`` optimiser steps.
-
-    Steps grow with the training set: 16 sentences in batches of 16 make
-    one step per iteration, too few for a warm-up and a decay to do their
-    work, where 128 make eight. The floor lifts only the smallest sets.
-    """
-    per_epoch = math.ceil(min_steps / epochs)
-    n = len(targets)
-    pairs_per_iteration = 2 * n if pair_sampling == "pairs" else n
-    return max(n_iterations, math.ceil(per_epoch * batch_size / pairs_per_iteration))
 
 
 # -- losses -------------------------------------------------------------------

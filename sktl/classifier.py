@@ -27,7 +27,6 @@ from ._contrastive import (
     check_few_shot_labels,
     contrastive_tune,
     embed,
-    iterations_for,
     logistic_head,
     make_encoder,
 )
@@ -147,13 +146,6 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         contrastive loss (Khosla et al. 2020, temperature 0.1).
     contrastive_epochs : int, default=1
         ``"contrastive"`` only: passes of the pair sampling.
-    contrastive_min_steps : int, default=0
-        ``"contrastive"`` only: the fewest optimiser steps of the tuning.
-        Steps grow with the training set (8 sentences per class in batches
-        of 16 make one step per iteration, 64 make eight), so a small set
-        may get too few steps to learn; if so, ``pair_iterations`` is raised
-        to the fewest iterations that reach this many steps (recorded as
-        ``"pair_iterations"`` in ``history_``). ``0``: no floor.
     contrastive_schedule : {"constant", "linear"}, default="constant"
         ``"contrastive"`` only: learning rate of the tuning steps.
         ``"constant"``: ``backbone_lr`` throughout. ``"linear"``: SetFit's
@@ -249,7 +241,6 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         "pair_iterations": [Interval(Integral, 1, None, closed="left")],
         "contrastive_loss": [StrOptions(set(CONTRASTIVE_LOSSES))],
         "contrastive_epochs": [Interval(Integral, 1, None, closed="left")],
-        "contrastive_min_steps": [Interval(Integral, 0, None, closed="left")],
         "contrastive_schedule": [StrOptions(set(LR_SCHEDULES))],
         "head_C": [Interval(Real, 0, None, closed="neither"), None],
     }
@@ -261,7 +252,7 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
                  cache=True, cache_prefix=True, domain_loss=None, domain_weight=1.0,
                  strategy="finetune", pair_sampling="batch", pair_iterations=20,
                  contrastive_loss="cosine", contrastive_epochs=1,
-                 contrastive_min_steps=0, contrastive_schedule="constant", head_C=1.0, verbose=0, precision="32", accelerator=None):
+                 contrastive_schedule="constant", head_C=1.0, verbose=0, precision="32", accelerator=None):
         super().__init__(backbone, weights=weights, unfreeze=unfreeze, head=head, lr=lr,
                          backbone_lr=backbone_lr, max_epochs=max_epochs,
                          batch_size=batch_size, optimizer=optimizer,
@@ -277,7 +268,6 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         self.pair_iterations = pair_iterations
         self.contrastive_loss = contrastive_loss
         self.contrastive_epochs = contrastive_epochs
-        self.contrastive_min_steps = contrastive_min_steps
         self.contrastive_schedule = contrastive_schedule
         self.head_C = head_C
 
@@ -337,13 +327,10 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
             optimizer = (OPTIMIZERS[self.optimizer] if isinstance(self.optimizer, str)
                          else self.optimizer)
             backbone_lr = self.lr / 10 if self.backbone_lr is None else self.backbone_lr
-            iterations = iterations_for(targets, self.pair_sampling, self.pair_iterations,
-                                        self.batch_size, self.contrastive_epochs,
-                                        self.contrastive_min_steps)
             start = time.perf_counter()
             losses = contrastive_tune(
                 body, encode, targets, pair_sampling=self.pair_sampling,
-                loss=self.contrastive_loss, n_iterations=iterations,
+                loss=self.contrastive_loss, n_iterations=self.pair_iterations,
                 epochs=self.contrastive_epochs, batch_size=self.batch_size,
                 optimizer=optimizer, lr=backbone_lr, rng=rng, device=device,
                 progress=self.verbose >= 1, schedule=self.contrastive_schedule)
@@ -352,7 +339,6 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
                 history.new_epoch()
                 history.record("epoch", epoch)
                 history.record("contrastive_loss", value)
-                history.record("pair_iterations", iterations)
             history.record("dur", time.perf_counter() - start)
             features = embed(encode, len(targets), self.batch_size)
             head = self._contrastive_head(features, targets, n_classes, seed, device,

@@ -18,10 +18,8 @@ from sktl._contrastive import (
     check_few_shot_labels,
     contrastive_loss,
     embed,
-    iterations_for,
     linear_schedule,
     make_encoder,
-    n_steps,
     pair_batches,
     sample_pairs,
 )
@@ -174,26 +172,6 @@ def test_contrastive_schedule_sets_the_learning_rate_of_each_step(tiny_text_dir,
         np.testing.assert_allclose(rates, [0.0, 0.1, 0.075, 0.05, 0.025])
 
 
-def test_min_steps_raises_the_iterations_of_small_sets_only():
-    small, large = np.repeat([0, 1], 8), np.repeat([0, 1], 64)
-    # 16 sentences, batches of 16: one step per iteration
-    assert iterations_for(small, "batch", 20, 16, 1, 40) == 40
-    assert n_steps(small, "batch", 40, 16) == 40
-    assert iterations_for(large, "batch", 20, 16, 1, 40) == 20  # 160 steps already
-    assert iterations_for(small, "batch", 20, 16, 1, 0) == 20
-    assert iterations_for(small, "batch", 20, 16, 4, 100) == 25  # 25 steps per epoch
-    assert n_steps(small, "pairs", iterations_for(small, "pairs", 1, 16, 1, 41), 16) >= 41
-
-
-def test_contrastive_min_steps_sets_the_number_of_steps(tiny_text_dir):
-    X, y = _sentences(4, 0)  # 8 sentences in batches of 8: one step per iteration
-    _STEP_RATES.clear()
-    clf = _contrastive(tiny_text_dir, optimizer=_RecordingSGD, pair_iterations=2,
-                       contrastive_min_steps=7).fit(X, y)
-    assert len(_STEP_RATES) == 7
-    assert clf.history_[-1, "pair_iterations"] == 7
-
-
 def test_label_checks():
     check_few_shot_labels(np.array([0, 0, 1, 1]))
     with pytest.raises(ValueError, match="at least 2 examples of every class"):
@@ -340,7 +318,6 @@ def test_contrastive_on_a_vector_backbone_uses_the_split_prefix(blobs):
     ({"domain_loss": "coral"}, "domain_loss"),
     ({"strategy": "setfit"}, "strategy"),
     ({"pair_iterations": 0}, "pair_iterations"),
-    ({"contrastive_min_steps": -1}, "contrastive_min_steps"),
     ({"contrastive_loss": "triplet"}, "contrastive_loss"),
     ({"contrastive_schedule": "cosine"}, "contrastive_schedule"),
 ])
