@@ -110,6 +110,7 @@ CONTRASTIVE = {"strategy": "contrastive", "unfreeze": "all", "backbone_lr": 5e-5
                "contrastive_schedule": "linear", "batch_size": 16}
 FINETUNE = {"strategy": "finetune", "unfreeze": "all", "lr": 1e-3, "backbone_lr": 2e-5,
             "max_epochs": 20, "batch_size": 16}
+CONFIGS = {"contrastive": CONTRASTIVE, "finetune": FINETUNE}
 
 
 def _env_list(name, default):
@@ -180,7 +181,7 @@ def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache):
         fit_s = time.perf_counter() - start
         model.set_params(featureextractor__cache=test_cache)
     else:
-        params = CONTRASTIVE if method == "contrastive" else FINETUNE
+        params = CONFIGS[method]
         model = TransferClassifier(encoder, random_state=seed, cache=FeatureCache(), **params)
         model.fit(X, y)
         fit_s = time.perf_counter() - start
@@ -189,10 +190,19 @@ def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache):
 
 
 def _protocol(quick, n_test):
-    """What a stored draw must share with this run to be reused."""
+    """What a stored draw was measured under: the test set and the
+    configurations of sktl's strategies."""
     return {"contrastive": {k: str(v) for k, v in CONTRASTIVE.items()},
             "finetune": {k: str(v) for k, v in FINETUNE.items()},
             "quick": quick, "n_test": n_test}
+
+
+def _reusable(stored, protocol, method):
+    """A stored run of ``method`` counts if it saw the same test set and, for
+    sktl's strategies, the same configuration (probe and SetFit have fixed
+    settings and seeds, so their runs stay valid when sktl's change)."""
+    same_test = all(stored[k] == protocol[k] for k in ("quick", "n_test"))
+    return same_test and (method not in CONFIGS or stored[method] == protocol[method])
 
 
 def _stored_draws(path, protocol):
@@ -203,9 +213,10 @@ def _stored_draws(path, protocol):
     with open(path, encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
-            if record["protocol"] == protocol:
-                key = (record["dataset"], record["n"], record["seed"])
-                draws.setdefault(key, {}).update({r["method"]: r for r in record["runs"]})
+            key = (record["dataset"], record["n"], record["seed"])
+            for r in record["runs"]:
+                if _reusable(record["protocol"], protocol, r["method"]):
+                    draws.setdefault(key, {})[r["method"]] = r
     return draws
 
 
@@ -240,14 +251,15 @@ def run(quick: bool) -> dict:
         for n in sizes:
             for seed in range(first_seed, first_seed + n_seeds):
                 known = stored.get((name, n, seed), {})
-                if all(m in known for m in methods):
-                    runs += [r for m, r in known.items() if m in methods]
+                missing = [m for m in methods if m not in known]
+                if not missing:
+                    runs += [known[m] for m in methods]
                     print(f"  {name}-{n} seed {seed}: read from {runs_file}", flush=True)
                     continue
                 idx = draw(y_pool, n, seed)
                 X, y = [X_pool[i] for i in idx], y_pool[idx]
                 # Alternate the order (ABBA) so that load drift hits all alike.
-                order = methods if seed % 2 == 0 else methods[::-1]
+                order = missing if seed % 2 == 0 else missing[::-1]
                 draw_runs = []
                 for method in order:
                     acc, fit_s = run_one(method, encoder, X, y, X_test, y_test, seed,
@@ -258,7 +270,8 @@ def run(quick: bool) -> dict:
                           f"fit {fit_s:6.1f} s", flush=True)
                 if runs_file:
                     _store_draw(runs_file, protocol, draw_runs)
-                runs += draw_runs
+                done = {**known, **{r["method"]: r for r in draw_runs}}
+                runs += [done[m] for m in methods]
     return summarise(runs, methods, quick, len(X_test))
 
 

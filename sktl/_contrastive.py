@@ -66,7 +66,7 @@ LR_SCHEDULES = ("constant", "linear")
 #: Share of the steps the ``"linear"`` schedule spends warming up (SetFit's
 #: ``warmup_proportion``).
 WARMUP_FRACTION = 0.1
-#: Temperature of the supervised contrastive loss (Khosla et al. 2020 use 0.1).
+#: Default temperature of the supervised contrastive loss (Khosla et al. 2020).
 SUPCON_TEMPERATURE = 0.1
 
 
@@ -169,7 +169,7 @@ def n_steps(targets, pair_sampling, n_iterations, batch_size):
 
 
 # -- losses -------------------------------------------------------------------
-def contrastive_loss(embeddings, labels, mask, kind):
+def contrastive_loss(embeddings, labels, mask, kind, temperature=SUPCON_TEMPERATURE):
     """Loss over the pairs ``mask`` selects among a batch's embeddings.
 
     ``"cosine"``: SetFit's CosineSimilarityLoss, the squared error between
@@ -177,8 +177,9 @@ def contrastive_loss(embeddings, labels, mask, kind):
     positive and negative pairs weighted equally (a balanced batch of ``C``
     classes has ``C - 1`` times more negatives). ``"supcon"``: supervised
     contrastive loss (Khosla et al. 2020): for every anchor, the
-    log-probability of its positives among all its pairs, at temperature
-    :data:`SUPCON_TEMPERATURE`.
+    log-probability of its positives among all its pairs, at
+    ``temperature`` (low: the hardest negatives dominate the gradient; high:
+    every pair counts alike, closer to ``"cosine"``).
     """
     z = nn.functional.normalize(embeddings, dim=1)
     sim = z @ z.T
@@ -191,7 +192,7 @@ def contrastive_loss(embeddings, labels, mask, kind):
         if neg.any():
             terms.append((sim[neg] ** 2).mean())
         return sum(terms) / len(terms)
-    logits = (sim / SUPCON_TEMPERATURE).masked_fill(~mask, float("-inf"))
+    logits = (sim / temperature).masked_fill(~mask, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     anchors = pos.any(dim=1)  # anchors with at least one positive
     per_anchor = (log_prob.masked_fill(~pos, 0.0).sum(dim=1)[anchors]
@@ -418,7 +419,7 @@ def linear_schedule(total_steps, warmup_fraction=WARMUP_FRACTION):
 
 def contrastive_tune(module, encode, targets, *, pair_sampling, loss, n_iterations,
                      epochs, batch_size, optimizer, lr, rng, device, progress,
-                     schedule="constant"):
+                     schedule="constant", temperature=SUPCON_TEMPERATURE):
     """Train the unfrozen blocks of ``module`` (a TransferModule: frozen
     blocks stay in eval mode) on contrastive pairs, the learning rate
     constant or following :func:`linear_schedule`; returns the mean loss of
@@ -442,7 +443,8 @@ def contrastive_tune(module, encode, targets, *, pair_sampling, loss, n_iteratio
             running = []
             for idx, mask in batches(targets, n_iterations, batch_size, rng):
                 value = contrastive_loss(encode(idx), labels[idx],
-                                         torch.as_tensor(mask, device=device), loss)
+                                         torch.as_tensor(mask, device=device), loss,
+                                         temperature)
                 opt.zero_grad(set_to_none=True)
                 value.backward()
                 opt.step()

@@ -143,7 +143,12 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         ``"contrastive"`` only. ``"cosine"``: SetFit's loss, squared error
         between a pair's cosine similarity and 1 (same class) or 0, positive
         and negative pairs weighted equally. ``"supcon"``: supervised
-        contrastive loss (Khosla et al. 2020, temperature 0.1).
+        contrastive loss (Khosla et al. 2020) at ``contrastive_temperature``.
+    contrastive_temperature : float, default=0.1
+        ``contrastive_loss="supcon"`` only: temperature of the softmax over
+        each anchor's pairs. Low values (0.05-0.1) weight the hardest
+        negatives most; higher ones (0.3-1) weight all pairs more alike and
+        move the encoder more gently.
     contrastive_epochs : int, default=1
         ``"contrastive"`` only: passes of the pair sampling.
     contrastive_schedule : {"constant", "linear"}, default="constant"
@@ -240,6 +245,7 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         "pair_sampling": [StrOptions(set(PAIR_SAMPLINGS))],
         "pair_iterations": [Interval(Integral, 1, None, closed="left")],
         "contrastive_loss": [StrOptions(set(CONTRASTIVE_LOSSES))],
+        "contrastive_temperature": [Interval(Real, 0, None, closed="neither")],
         "contrastive_epochs": [Interval(Integral, 1, None, closed="left")],
         "contrastive_schedule": [StrOptions(set(LR_SCHEDULES))],
         "head_C": [Interval(Real, 0, None, closed="neither"), None],
@@ -251,8 +257,9 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
                  validation_fraction=0.1, device="auto", random_state=None,
                  cache=True, cache_prefix=True, domain_loss=None, domain_weight=1.0,
                  strategy="finetune", pair_sampling="batch", pair_iterations=20,
-                 contrastive_loss="cosine", contrastive_epochs=1,
-                 contrastive_schedule="constant", head_C=1.0, verbose=0, precision="32", accelerator=None):
+                 contrastive_loss="cosine", contrastive_temperature=0.1,
+                 contrastive_epochs=1, contrastive_schedule="constant", head_C=1.0,
+                 verbose=0, precision="32", accelerator=None):
         super().__init__(backbone, weights=weights, unfreeze=unfreeze, head=head, lr=lr,
                          backbone_lr=backbone_lr, max_epochs=max_epochs,
                          batch_size=batch_size, optimizer=optimizer,
@@ -267,6 +274,7 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         self.pair_sampling = pair_sampling
         self.pair_iterations = pair_iterations
         self.contrastive_loss = contrastive_loss
+        self.contrastive_temperature = contrastive_temperature
         self.contrastive_epochs = contrastive_epochs
         self.contrastive_schedule = contrastive_schedule
         self.head_C = head_C
@@ -333,7 +341,8 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
                 loss=self.contrastive_loss, n_iterations=self.pair_iterations,
                 epochs=self.contrastive_epochs, batch_size=self.batch_size,
                 optimizer=optimizer, lr=backbone_lr, rng=rng, device=device,
-                progress=self.verbose >= 1, schedule=self.contrastive_schedule)
+                progress=self.verbose >= 1, schedule=self.contrastive_schedule,
+                temperature=self.contrastive_temperature)
             history = History()
             for epoch, value in enumerate(losses, start=1):
                 history.new_epoch()

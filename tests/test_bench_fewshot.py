@@ -1,6 +1,6 @@
 """The few-shot benchmark's bookkeeping: a run split over several sessions
-(``SKTL_FEWSHOT_RUNS``) reuses finished draws, never those of another
-configuration. The fits themselves are replaced by a stand-in."""
+(``SKTL_FEWSHOT_RUNS``) reuses finished runs, never a strategy's runs
+under another configuration. The fits themselves are replaced by a stand-in."""
 
 import importlib.util
 import json
@@ -71,15 +71,32 @@ def test_first_seed_runs_only_the_later_draws(bench, monkeypatch):
     assert [m for m, s in bench.calls if s == 3] == ["contrastive", "setfit", "probe"]
 
 
-def test_draws_of_another_configuration_are_not_reused(bench, monkeypatch, tmp_path):
+def test_a_new_configuration_reruns_only_its_strategy(bench, monkeypatch, tmp_path):
     runs_file = tmp_path / "runs.jsonl"
     monkeypatch.setenv("SKTL_FEWSHOT_RUNS", str(runs_file))
     bench.run(quick=False)
     bench.calls.clear()
     recorded = str(bench.CONTRASTIVE["backbone_lr"])
     monkeypatch.setitem(bench.CONTRASTIVE, "backbone_lr", 1e-3)
+    result = bench.run(quick=False)
+    # probe and SetFit do not depend on sktl's configuration: read back
+    assert sorted(bench.calls) == [("contrastive", 0), ("contrastive", 1)]
+    assert result["setfit_acc"] == {"sst2-8": 70.5} and len(result["runs"]) == 6
+    records = [json.loads(line) for line in runs_file.read_text().splitlines()]
+    assert [r["protocol"]["contrastive"]["backbone_lr"] for r in records] == [
+        recorded, recorded, "0.001", "0.001"]
+    assert [r["method"] for r in records[-1]["runs"]] == ["contrastive"]
+    bench.calls.clear()
+    monkeypatch.setitem(bench.CONTRASTIVE, "backbone_lr", float(recorded))
+    bench.run(quick=False)  # back to the first configuration: all read back
+    assert bench.calls == []
+
+
+def test_runs_on_another_test_set_are_not_reused(bench, monkeypatch, tmp_path):
+    runs_file = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("SKTL_FEWSHOT_RUNS", str(runs_file))
     bench.run(quick=False)
-    assert len(bench.calls) == 6
-    protocols = [json.loads(line)["protocol"]["contrastive"]["backbone_lr"]
-                 for line in runs_file.read_text().splitlines()]
-    assert protocols == [recorded, recorded, "0.001", "0.001"]
+    bench.calls.clear()
+    monkeypatch.delenv("SKTL_FEWSHOT_SEEDS")
+    bench.run(quick=True)  # --quick: first 200 test sentences, one seed
+    assert sorted(bench.calls) == [("contrastive", 0), ("probe", 0), ("setfit", 0)]

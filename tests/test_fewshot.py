@@ -139,6 +139,35 @@ def test_cosine_loss_weights_positive_and_negative_pairs_equally():
     assert contrastive_loss(z, labels, mask, "cosine").item() == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_supcon_loss_matches_its_definition(temperature):
+    rng = np.random.RandomState(0)
+    z = rng.normal(size=(6, 4))
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    sim = z @ z.T / np.outer(np.linalg.norm(z, axis=1), np.linalg.norm(z, axis=1))
+    per_anchor = []
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        positives = [p for p in others if labels[p] == labels[i]]
+        if positives:  # class 2 has no positive: not an anchor
+            log_norm = np.log(np.exp(sim[i, others] / temperature).sum())
+            per_anchor.append(np.mean([sim[i, p] / temperature - log_norm
+                                       for p in positives]))
+    mask = ~torch.eye(6, dtype=torch.bool)
+    value = contrastive_loss(torch.as_tensor(z), torch.as_tensor(labels), mask, "supcon",
+                             temperature)
+    assert value.item() == pytest.approx(-np.mean(per_anchor), rel=1e-6)
+
+
+def test_contrastive_temperature_reaches_the_loss(tiny_text_dir):
+    X, y = _sentences(4, 0)
+    fits = [_contrastive(tiny_text_dir, contrastive_loss="supcon", pair_iterations=2,
+                         contrastive_temperature=t).fit(X, y) for t in (0.1, 0.1, 0.5)]
+    losses = [clf.history_[0, "contrastive_loss"] for clf in fits]
+    assert losses[0] == pytest.approx(losses[1])  # reproducible
+    assert losses[2] != pytest.approx(losses[0], rel=1e-3)
+
+
 def test_linear_schedule_warms_up_then_decays_to_zero():
     factor = linear_schedule(20)  # 2 warm-up steps
     values = [factor(step) for step in range(21)]
