@@ -54,8 +54,8 @@ for sentence, label in list(zip(X_few, y_few))[6:10]:
 # The probe embeds each sentence once and fits a logistic regression. The
 # contrastive strategy first tunes every layer of the encoder
 # (``unfreeze="all"``) on class-balanced batches of 16 sentences under the
-# supervised contrastive loss at temperature 0.5 (a soft softmax over each
-# sentence's pairs, which moves the encoder further than the usual 0.1),
+# supervised contrastive loss at temperature 0.5 (a softer softmax over each
+# sentence's pairs than the usual 0.1, so that easy pairs still count),
 # with a linear warm-up and decay of the learning rate, then fits the same
 # kind of head on the tuned embeddings.
 probe = make_pipeline(FeatureExtractor(ENCODER), LogisticRegression())
