@@ -75,7 +75,15 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
     margins are otherwise +0.5 and +1.75. The N=8 test keys were then
     measured once with it (probe and SetFit runs of the same draws read
     back from the runs file): ahead of SetFit on all three. At N=64 it is
-    measured in part so far, and behind T=0.1 there (see the user guide).
+    behind SetFit on CR (82.09 against 82.68, all five draws lost), where
+    T=0.1 was ahead (83.05); see the user guide.
+  - Whether N=64 wants the sharper T=0.1 (a temperature per N) was checked
+    on dev at N=64 (seeds 0-2, same dev sets, T only; fit s per run):
+    CR 82.00 at T=0.5 against 81.25 at T=0.1 (204 / 182 s), SST-2 78.39
+    against 79.00 (182 / 179 s; one draw alone moves T=0.5 by 3.7 points).
+    The two temperatures are level within dev noise, in opposite
+    directions on the two data sets, so dev gives no ground for a
+    temperature per N: the record keeps one configuration for every N.
 
   SetFit's own recipe run inside sktl (pairs, cosine, 2e-5, linear)
   reproduces SetFit's accuracy, as it should. At N=64 (SST-2 dev, draws 0
