@@ -91,8 +91,20 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
     0-2), where the record is behind on test: single models 82.00
     (``random_state`` = seed) and 81.58 (seed + 1000), the pair 82.25; with
     a T=0.1 model as a third member 82.50. About +0.5 over an average
-    single model, short of a clear gain at twice the cost, so it was not
-    taken to the test sets.
+    single model; on the CR dev set at N=8 (seeds 0-4), where the record
+    is ahead, the pair gives 75.00 against single models of 75.05 and
+    74.65 (all three: 74.90). Short of a clear gain at twice the cost, so
+    it was not taken to the test sets.
+  - 40 pair iterations instead of 20 at T=0.5 (twice the steps, SetFit's
+    budget at N=64 being about four times the record's forward passes),
+    on the CR dev set at N=64 with two more draws (seeds 0-4), beside
+    SetFit run on the same dev draws (``probe`` 76.20): SetFit 81.50
+    (83.50 / 83.25 / 81.75 / 80.00 / 79.00, 698 s per fit), the record
+    81.24 (84.2 / 82.8 / 79.0 / 80.0 / 80.2, about 210 s), 40 iterations
+    81.46 (83.0 / 82.8 / 81.5 / 81.2 / 78.8, about 390 s). So on dev, too,
+    the record is slightly behind SetFit on CR at N=64 (-0.26; the test
+    sets: -0.59), and twice the steps closes that only to -0.04, within
+    dev noise, at twice the cost: not taken to the test sets.
 
   SetFit's own recipe run inside sktl (pairs, cosine, 2e-5, linear)
   reproduces SetFit's accuracy, as it should. At N=64 (SST-2 dev, draws 0
