@@ -95,9 +95,8 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
     is ahead, the pair gives 75.00 against single models of 75.05 and
     74.65 (all three: 74.90). Short of a clear gain at twice the cost, so
     it was not taken to the test sets.
-  - 40 pair iterations instead of 20 at T=0.5 (twice the steps, SetFit's
-    budget at N=64 being about four times the record's forward passes),
-    on the CR dev set at N=64 with two more draws (seeds 0-4), beside
+  - 40 pair iterations instead of 20 at T=0.5 (twice the steps, still
+    fewer forward passes than SetFit's), on the CR dev set at N=64 with two more draws (seeds 0-4), beside
     SetFit run on the same dev draws (``probe`` 76.20): SetFit 81.50
     (83.50 / 83.25 / 81.75 / 80.00 / 79.00, 698 s per fit), the record
     81.24 (84.2 / 82.8 / 79.0 / 80.0 / 80.2, about 210 s), 40 iterations
