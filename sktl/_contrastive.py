@@ -56,6 +56,7 @@ __all__ = [
     "linear_schedule",
     "logistic_head",
     "make_encoder",
+    "normalized_head",
     "pair_batches",
     "sample_pairs",
 ]
@@ -206,6 +207,13 @@ class L2Normalize(nn.Module):
 
     def forward(self, x):
         return nn.functional.normalize(x, dim=1)
+
+
+def normalized_head(head):
+    """The fitted head of a contrastive model: it reads unit-length
+    embeddings, as the head was fitted on them. One definition for
+    :meth:`TransferClassifier.fit` and :func:`sktl.load`."""
+    return nn.Sequential(L2Normalize(), head)
 
 
 class _Encoder:

@@ -22,13 +22,13 @@ from ._contrastive import (
     CONTRASTIVE_LOSSES,
     LR_SCHEDULES,
     PAIR_SAMPLINGS,
-    L2Normalize,
     TextTopReader,
     check_few_shot_labels,
     contrastive_tune,
     embed,
     logistic_head,
     make_encoder,
+    normalized_head,
 )
 from ._inference import probe_width, worker_threads
 from ._training import OPTIMIZERS, TransferModule, build_net, freeze, make_head
@@ -352,8 +352,7 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
             features = embed(encode, len(targets), self.batch_size)
             head = self._contrastive_head(features, targets, n_classes, seed, device,
                                           history)
-            module = TransferModule(backbone.module, nn.Sequential(L2Normalize(), head),
-                                    trainable)
+            module = TransferModule(backbone.module, normalized_head(head), trainable)
             module.eval()
         self._set_fitted(target_attrs, backbone, module, history, device, n_blocks,
                          reader=None)

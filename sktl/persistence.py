@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
 from ._cache import extraction_key
+from ._contrastive import normalized_head
 from ._inference import resolve_device
 from ._training import TransferModule, freeze, make_head
 from .backbones import import_qualname, rebuild_backbone
@@ -183,6 +184,8 @@ def load(path, *, device="auto"):
                                                    pooling=estimator.pooling)
     else:
         head = make_head(estimator.head, backbone.n_features, config["n_outputs"])
+        if getattr(estimator, "strategy", None) == "contrastive":
+            head = normalized_head(head)
         module = TransferModule(backbone.module, head)
         _load_weights(module, folder / _WEIGHTS)
         # Freeze after loading: lazy modules only have parameters by now.

@@ -231,6 +231,8 @@ def test_feature_extractor_pandas_output_and_names(blobs):
     lambda: TransferClassifier(TinyNet, unfreeze=1, max_epochs=2, random_state=0),
     lambda: TransferRegressor(TinyNet, unfreeze="all", max_epochs=2, random_state=0),
     lambda: FeatureExtractor(TinyNet, layer="block1", random_state=0),
+    lambda: TransferClassifier(TinyNet, strategy="contrastive", unfreeze=1,
+                               backbone_lr=1e-2, pair_iterations=2, random_state=0),
 ])
 def test_safe_format_round_trip(make, blobs, tmp_path):
     import sktl
