@@ -16,6 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
+from ._atomic import atomic_fit
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
 from ._distributed import PRECISIONS, autocast, check_precision, distributed_net
 from ._inference import forward_batches, probe_width, resolve_device, worker_threads
@@ -167,6 +168,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
     # Subclasses define: _encode_targets(y) -> (targets, n_outputs, fitted attrs),
     # _criterion, _stratify(targets) and _y_validation (validate_data kwargs).
 
+    @atomic_fit
     def _fit(self, X, y, *, encode=None, criterion=None):
         """Fit; ``encode(y)`` and ``criterion`` override the subclass's target
         encoding and loss (distillation trains on soft targets this way)."""
@@ -190,8 +192,6 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             module = TransferModule(backbone.module, head, trainable)
             history, reader = self._train(module, backbone, X, targets, device,
                                           criterion or self._criterion)
-        # Attributes are set only once training succeeded: a failed refit
-        # leaves a previously fitted model intact.
         self._set_fitted(target_attrs, backbone, module, history, device,
                          len(backbone.blocks), reader)
         return self

@@ -16,6 +16,7 @@ from sklearn.utils.validation import column_or_1d
 from skorch.history import History
 from torch import nn
 
+from ._atomic import atomic_fit
 from ._base import TransferEstimator
 from ._cache import resolve_cache
 from ._contrastive import (
@@ -296,8 +297,11 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         self._validate_params()
         if self.strategy == "contrastive":
             return self._fit_contrastive(X, y)
-        return self._fit(X, y)
+        self._fit(X, y)
+        self._text_reader = None  # a contrastive fit's reader, now stale
+        return self
 
+    @atomic_fit
     def _fit_contrastive(self, X, y):
         """``strategy="contrastive"``: tune the unfrozen blocks on pairs, then
         fit the head on the tuned embeddings (see :mod:`sktl._contrastive`)."""

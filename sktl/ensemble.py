@@ -32,6 +32,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from ._atomic import atomic_fit
 from ._streaming import default_chunk_size, is_stream, map_chunks
 
 __all__ = ["SubdomainEnsembleClassifier"]
@@ -228,6 +229,7 @@ class SubdomainEnsembleClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstim
 
     # -- fit -----------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=False)
+    @atomic_fit
     def fit(self, X, y, groups=None):
         """Fit one expert per subdomain, then the combination.
 

@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._atomic import atomic_fit
 from ._base import BackboneEstimatorMixin
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
 from ._distributed import PRECISIONS, autocast, check_precision
@@ -51,8 +52,8 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
     pooling : {"auto", "mean", "max", "cls", "flatten"}, default="auto"
         How an intermediate layer's output is reduced to a vector: over
         space for feature maps, over tokens (padding excluded) for texts.
-        ``"auto"`` is ``"mean"``; the final embedding uses the backbone's own
-        pooling.
+        ``"auto"`` and ``"avg"`` are ``"mean"``; the final embedding uses the
+        backbone's own pooling.
     batch_size : int, default=32
         Samples per forward pass.
     device : str, default="auto"
@@ -140,6 +141,7 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.precision = precision
 
+    @atomic_fit
     def fit(self, X, y=None):
         """Load the backbone and check ``X``; no training happens.
 
@@ -176,16 +178,19 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
             if self.layer is not None or width is None:
                 width = probe_width(module, backbone.preprocess, X, device)
         backbone.module.requires_grad_(False)
-        # float32 rows keep their historical key; other precisions get their own.
-        precision = {} if self.precision == "32" else {"precision": self.precision}
-        self._extraction_key = extraction_key(backbone, layer=self.layer,
-                                              pooling=self.pooling, **precision)
+        self._extraction_key = self._cache_key(backbone)
         self.backbone_ = backbone
         self.extractor_ = module
         self.block_names_ = backbone.block_names
         self.n_features_out_ = int(width)
         self.device_ = device
         return self
+
+    def _cache_key(self, backbone):
+        """The key of this extractor's rows in the feature cache."""
+        # float32 rows keep their historical key; other precisions get their own.
+        precision = {} if self.precision == "32" else {"precision": self.precision}
+        return extraction_key(backbone, layer=self.layer, pooling=self.pooling, **precision)
 
     def _extraction_module(self, backbone):
         if self.layer is None:

@@ -20,7 +20,6 @@ from safetensors.torch import load_file, load_model, save_model
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
-from ._cache import extraction_key
 from ._contrastive import normalized_head
 from ._inference import resolve_device
 from ._training import TransferModule, freeze, make_head
@@ -180,8 +179,7 @@ def load(path, *, device="auto"):
         backbone.module.requires_grad_(False).eval().to(device)
         estimator.backbone_ = backbone
         estimator.extractor_ = estimator._extraction_module(backbone)
-        estimator._extraction_key = extraction_key(backbone, layer=estimator.layer,
-                                                   pooling=estimator.pooling)
+        estimator._extraction_key = estimator._cache_key(backbone)
     else:
         head = make_head(estimator.head, backbone.n_features, config["n_outputs"])
         if getattr(estimator, "strategy", None) == "contrastive":

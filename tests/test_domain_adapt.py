@@ -237,6 +237,16 @@ def test_jda_needs_source_labels_and_a_linear_kernel(domains):
         DomainAdaptTransformer("jda", pseudo_label_iter=-1).fit(X, y)
 
 
+def test_failed_refit_keeps_the_fitted_mapping(domains):
+    X, y, _, _, _ = domains
+    est = DomainAdaptTransformer("coral").fit(X, y)
+    before = est.transform(X)
+    est.set_params(method="jda", kernel="rbf")
+    with pytest.raises(ValueError, match="kernel='linear' only"):
+        est.fit(X, y)
+    np.testing.assert_array_equal(est.transform(X), before)
+
+
 # --------------------------------------------------------------------------- TCA maths
 def _tca_problem(K, source, mu):
     n = len(K)

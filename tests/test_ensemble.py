@@ -339,6 +339,16 @@ def test_bad_groups(groups, match):
         SubdomainEnsembleClassifier(_lr()).fit(X, y, groups=groups)
 
 
+def test_failed_refit_keeps_the_fitted_ensemble():
+    X, y, g = _opposite(seed=0)
+    clf = SubdomainEnsembleClassifier(_lr()).fit(X, y, groups=g)
+    before = clf.predict_proba(X)
+    with pytest.raises(ValueError, match="only one class"):
+        clf.fit(X, np.full(len(y), 7), groups=g)
+    np.testing.assert_array_equal(clf.classes_, [0, 1])
+    np.testing.assert_array_equal(clf.predict_proba(X), before)
+
+
 def test_bad_inputs_say_what_is_wrong():
     X, y, g = _opposite(seed=0)
     X_nan = X.copy()

@@ -178,16 +178,35 @@ def test_one_class_is_rejected(blobs):
         TransferClassifier(TinyNet).fit(X, np.zeros(len(X)))
 
 
-def test_failed_refit_keeps_the_fitted_model(blobs):
+@pytest.mark.parametrize("params", [
+    {"max_epochs": 2},
+    {"strategy": "contrastive", "unfreeze": 1, "backbone_lr": 1e-2, "pair_iterations": 2},
+])
+def test_failed_refit_keeps_the_fitted_model(blobs, params):
     X, y = blobs
-    clf = TransferClassifier(TinyNet, max_epochs=2, random_state=0).fit(X, y)
+    clf = TransferClassifier(TinyNet, random_state=0, **params).fit(X, y)
     before = clf.predict_proba(X)
     with pytest.raises(ValueError):
         clf.fit(X, np.zeros(len(X)))
+    # X passes validation (which records its width) before y is rejected.
+    with pytest.raises(ValueError, match="only one class"):
+        clf.fit(np.hstack([X, X]), np.zeros(len(X)))
+    assert clf.n_features_in_ == X.shape[1]
     clf.set_params(unfreeze=99)
     with pytest.raises(ValueError):
         clf.fit(X, y)
     np.testing.assert_array_equal(clf.predict_proba(X), before)
+
+
+def test_failed_refit_keeps_the_fitted_extractor(blobs):
+    X, _ = blobs
+    fe = FeatureExtractor(TinyNet, random_state=0).fit(X)
+    before = fe.transform(X)
+    fe.set_params(layer="no_such_block")
+    with pytest.raises(ValueError, match="no_such_block"):
+        fe.fit(np.hstack([X, X]))
+    assert fe.n_features_in_ == X.shape[1]
+    np.testing.assert_array_equal(fe.transform(X), before)
 
 
 def test_image_inputs_in_every_layout_give_the_same_features(tmp_path):
@@ -231,6 +250,7 @@ def test_feature_extractor_pandas_output_and_names(blobs):
     lambda: TransferClassifier(TinyNet, unfreeze=1, max_epochs=2, random_state=0),
     lambda: TransferRegressor(TinyNet, unfreeze="all", max_epochs=2, random_state=0),
     lambda: FeatureExtractor(TinyNet, layer="block1", random_state=0),
+    lambda: FeatureExtractor(TinyNet, precision="bf16", random_state=0),
     lambda: TransferClassifier(TinyNet, strategy="contrastive", unfreeze=1,
                                backbone_lr=1e-2, pair_iterations=2, random_state=0),
 ])
@@ -247,6 +267,8 @@ def test_safe_format_round_trip(make, blobs, tmp_path):
     assert loaded.get_params()["unfreeze" if hasattr(est, "unfreeze") else "layer"] == \
         est.get_params()["unfreeze" if hasattr(est, "unfreeze") else "layer"]
     method = "transform" if isinstance(est, FeatureExtractor) else "predict"
+    if isinstance(est, FeatureExtractor):  # the same rows in the feature cache
+        assert loaded._extraction_key == est._extraction_key
     np.testing.assert_array_equal(getattr(loaded, method)(X), getattr(est, method)(X))
     if hasattr(est, "classes_"):
         np.testing.assert_array_equal(loaded.classes_, est.classes_)

@@ -30,6 +30,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from .._atomic import atomic_fit
 from ._convention import domain_masks, is_unlabelled
 
 __all__ = ["DomainAdaptTransformer"]
@@ -560,6 +561,7 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         out[~source] = self._map_target(X[~source])
         return out
 
+    @atomic_fit
     def _fit(self, X, y, sample_domain):
         self._validate_params()
         X = validate_data(self, X, reset=True, dtype=np.float64, ensure_min_samples=2)
@@ -690,7 +692,8 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         new target data reach the classifier in the space it was trained
         in. Identity for ``"none"``, ``"coral"`` and ``"ot"`` (which move
         the source onto the target); the target projection for ``"sa"`` and
-        ``"tca"``.
+        ``"tca"``; the shared projection, rows scaled to unit length, for
+        ``"jda"``.
 
         Parameters
         ----------
@@ -754,7 +757,7 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
 
         The input names for ``"none"``, ``"coral"`` and ``"ot"`` (same
         width); ``domainadapttransformer0``, ``domainadapttransformer1``, ...
-        for ``"sa"`` and ``"tca"``.
+        for ``"sa"``, ``"tca"`` and ``"jda"``.
 
         Returns
         -------
