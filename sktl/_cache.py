@@ -67,9 +67,11 @@ def sample_hashes(X):
 def extraction_key(backbone, **settings):
     """What produced a row: backbone recipe + weights fingerprint + settings.
 
-    The fingerprint is recomputed on every call, never memoised on the
-    backbone: backbones are copied and fine-tuned, and a stale fingerprint
-    would serve the rows of the weights before training.
+    The fingerprint is checked on every call: backbones are copied and
+    fine-tuned, and a stale fingerprint would serve the rows of the weights
+    before training. :meth:`Backbone.fingerprint` remembers a digest only
+    together with a token of the tensors' identities and version counters,
+    which any training step changes.
     """
     parts = [backbone.fingerprint(), repr(sorted(backbone.spec.items())),
              repr(getattr(backbone.preprocess, "transform", None)),

@@ -1,6 +1,8 @@
 """The feature cache: hits and misses, keys, equality with uncached runs."""
 
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,6 +69,22 @@ def test_changed_sample_content_misses(blobs, cache):
 
     assert sample_hashes(["a", "b"])[0] != sample_hashes(["b", "a"])[0]
     assert len(texts_cache) == 0
+
+
+@pytest.mark.parametrize("as_given", [str, Path])
+def test_rewritten_image_file_misses(tmp_path, cache, as_given):
+    from PIL import Image
+
+    path = tmp_path / "image.png"
+    rng = np.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    fe = FeatureExtractor("resnet18", weights=None, random_state=0, cache=cache)
+    first = fe.fit([as_given(path)]).transform([as_given(path)])
+    Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    os.utime(path, ns=(0, 1))  # a new modification time, whatever the clock's step
+    second = fe.transform([as_given(path)])
+    assert cache.misses == 2
+    assert not np.allclose(first, second)
 
 
 def test_fine_tuned_weights_never_read_stale_rows(blobs, cache):

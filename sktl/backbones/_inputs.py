@@ -83,6 +83,10 @@ def validate_images(X):
         if _is_pathlike(x):
             if not Path(x).is_file():
                 raise FileNotFoundError(f"Image file not found: {x!s} (sample {i}).")
+            # As a Path, the feature cache keys the sample by the file's size
+            # and modification time, not by its name alone: a rewritten file
+            # is read again.
+            X[i] = Path(x)
         elif not hasattr(x, "convert") and not isinstance(x, np.ndarray):
             raise TypeError(
                 f"Sample {i} is a {type(x).__name__}; images must be numpy "
