@@ -98,6 +98,8 @@ def test_module_class_and_weights_none_reinitialises():
     net = nn.Sequential(nn.Linear(4, 4))
     reset = resolve_backbone(net, weights=None)
     assert not torch.equal(reset.module[0].weight, net[0].weight)
+    layer = nn.Linear(4, 4)  # a one-layer backbone is its own root module
+    assert not torch.equal(resolve_backbone(layer, weights=None).module.weight, layer.weight)
 
 
 def test_fitted_estimator_backbone_and_unfitted_error(blobs):
@@ -111,6 +113,8 @@ def test_fitted_estimator_backbone_and_unfitted_error(blobs):
         assert torch.equal(a, b)
     fe = FeatureExtractor(source).fit(X)
     assert fe.transform(X).shape == (len(X), 16)
+    with pytest.raises(ValueError, match="weights=None would discard"):
+        resolve_backbone(source, weights=None)
 
 
 def test_sentence_transformer_folder(minilm_dir):

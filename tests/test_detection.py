@@ -312,6 +312,13 @@ def test_clone_params_pickle(fitted, day):
     np.testing.assert_array_equal(a[0]["labels"], b[0]["labels"])
 
 
+def test_a_detector_is_not_a_feature_backbone(fitted, day):
+    from sktl import FeatureExtractor
+
+    with pytest.raises(TypeError, match="TransferDetector.*holds no feature backbone"):
+        FeatureExtractor(fitted).fit(day[0][:1])
+
+
 def test_failed_refit_keeps_model(fitted, day):
     det = pickle.loads(pickle.dumps(fitted))
     model = det.model_

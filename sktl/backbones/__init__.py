@@ -24,6 +24,8 @@ import threading
 from collections import OrderedDict
 
 import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._base import Backbone, default_blocks, pool_features
@@ -55,9 +57,17 @@ def is_fitted_sktl_estimator(value):
     return hasattr(value, "__sktl_backbone__") and hasattr(value, "backbone_")
 
 
+def _is_fitted(estimator):
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        return False
+    return True
+
+
 def _reset_parameters(module):
-    for m in module.modules():
-        if hasattr(m, "reset_parameters") and m is not module:
+    for m in module.modules():  # the root too: backbone=nn.Linear(...) is one layer
+        if hasattr(m, "reset_parameters"):
             m.reset_parameters()
 
 
@@ -102,8 +112,9 @@ def resolve_backbone(backbone, weights="DEFAULT"):
         For torchvision names: ``"DEFAULT"``, an enum member name, a local
         checkpoint, or ``None`` (random initialisation). For modules:
         ``"DEFAULT"`` keeps their weights, a path loads a state dict and
-        ``None`` re-initialises them. Sentence-transformers encoders accept
-        ``"DEFAULT"`` or a state-dict path.
+        ``None`` re-initialises them. Sentence-transformers encoders and
+        fitted sktl estimators accept ``"DEFAULT"`` (their weights) or a
+        state-dict path.
 
     Returns
     -------
@@ -124,11 +135,23 @@ def resolve_backbone(backbone, weights="DEFAULT"):
         # which lets a grid search range over several fitted sources.
         backbone = backbone.estimator
     if is_fitted_sktl_estimator(backbone):
+        if weights is None:
+            raise ValueError(
+                f"weights=None would discard what backbone={type(backbone).__name__}"
+                "(...) learned (random initialisation). Leave weights='DEFAULT' to "
+                "start from its fitted weights, or pass a checkpoint path."
+            )
         resolved = backbone.backbone_.copy()
-        if weights not in ("DEFAULT", None):
+        if weights != "DEFAULT":
             resolved.module.load_state_dict(load_state_dict_file(weights))
         return resolved
     if hasattr(backbone, "__sktl_backbone__"):
+        if _is_fitted(backbone):  # fitted, yet without a backbone_: a detector
+            raise TypeError(
+                f"backbone={type(backbone).__name__}(...) holds no feature backbone "
+                "to reuse; a fitted TransferClassifier, TransferRegressor or "
+                "FeatureExtractor can be passed as backbone=."
+            )
         raise ValueError(
             f"backbone={type(backbone).__name__}(...) is not fitted. Fit it on "
             "the source data first (source.fit(X_source, y_source)), then pass "
