@@ -179,15 +179,8 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         device = self._training_device()
         with worker_threads(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._torch_seed())
-            backbone = resolve_backbone(self.backbone, self.weights)
-            X, y = self._validate_X(X, backbone.input_kind, reset=True, y=y,
-                                    y_kwargs=self._y_validation)
-            targets, n_outputs, target_attrs = (encode or self._encode_targets)(y)
-            backbone.module.to(device)
-            if backbone.n_features is None:
-                backbone.n_features = probe_width(backbone.module, backbone.preprocess,
-                                                      X, device)
-            trainable = freeze(backbone, self.unfreeze)
+            backbone, X, targets, n_outputs, target_attrs, trainable = self._prepare_fit(
+                X, y, device, encode)
             head = make_head(self.head, backbone.n_features, n_outputs).to(device)
             module = TransferModule(backbone.module, head, trainable)
             history, reader = self._train(module, backbone, X, targets, device,
@@ -195,6 +188,22 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         self._set_fitted(target_attrs, backbone, module, history, device,
                          len(backbone.blocks), reader)
         return self
+
+    def _prepare_fit(self, X, y, device, encode=None):
+        """A fresh backbone on ``device``, the validated inputs, the encoded
+        targets and the blocks that train; nothing is set on ``self``."""
+        backbone = resolve_backbone(self.backbone, self.weights)
+        X, y = self._validate_X(X, backbone.input_kind, reset=True, y=y,
+                                y_kwargs=self._y_validation)
+        targets, n_outputs, target_attrs = (encode or self._encode_targets)(y)
+        backbone.module.to(device)
+        if backbone.n_features is None:
+            backbone.n_features = probe_width(backbone.module, backbone.preprocess, X, device)
+        trainable = freeze(backbone, self.unfreeze)
+        return backbone, X, targets, n_outputs, target_attrs, trainable
+
+    def _backbone_lr(self):
+        return self.lr / 10 if self.backbone_lr is None else self.backbone_lr
 
     def _set_fitted(self, target_attrs, backbone, module, history, device, n_blocks,
                     reader):
@@ -237,8 +246,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
 
     def _train(self, module, backbone, X, targets, device, criterion):
         train_idx, valid_idx = self._split(n_samples(X), targets)
-        backbone_lr = self.lr / 10 if self.backbone_lr is None else self.backbone_lr
-        common = {"lr": self.lr, "backbone_lr": backbone_lr, "optimizer": self.optimizer,
+        common = {"lr": self.lr, "backbone_lr": self._backbone_lr(), "optimizer": self.optimizer,
                   "max_epochs": self.max_epochs, "batch_size": self.batch_size,
                   "device": device, "early_stopping": self.early_stopping,
                   "verbose": self.verbose}

@@ -22,6 +22,12 @@ OPTIMIZERS = {
 }
 
 
+def optimizer_class(optimizer):
+    """The torch optimizer class of an ``optimizer`` parameter: a name of
+    :data:`OPTIMIZERS` or the class itself."""
+    return OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
+
+
 def make_head(head, n_in, n_out):
     """The new task head: ``"linear"``, ``"mlp"`` or ``head(n_in, n_out)``."""
     if head == "linear":
@@ -167,7 +173,7 @@ def build_net(module, criterion, *, lr, backbone_lr, optimizer, max_epochs,
         callbacks.append(("progress_bar", ProgressBar()))
     if domain:
         callbacks.append(("domain_progress", _DomainProgress()))
-    optimizer_cls = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
+    optimizer_cls = optimizer_class(optimizer)
     iterator_kwargs = {}
     if collate is not None:
         iterator_kwargs = {"iterator_train__collate_fn": collate,

@@ -31,9 +31,8 @@ from ._contrastive import (
     make_encoder,
     normalized_head,
 )
-from ._inference import probe_width, worker_threads
-from ._training import OPTIMIZERS, TransferModule, build_net, freeze, make_head
-from .backbones import resolve_backbone
+from ._inference import worker_threads
+from ._training import TransferModule, build_net, make_head, optimizer_class
 from .domain._convention import is_unlabelled
 from .domain._losses import DOMAIN_LOSSES
 
@@ -319,16 +318,9 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         with worker_threads(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             rng = np.random.RandomState(seed)
-            backbone = resolve_backbone(self.backbone, self.weights)
-            X, y = self._validate_X(X, backbone.input_kind, reset=True, y=y,
-                                    y_kwargs=self._y_validation)
-            targets, n_classes, target_attrs = self._encode_targets(y)
+            backbone, X, targets, n_classes, target_attrs, trainable = self._prepare_fit(
+                X, y, device)
             check_few_shot_labels(targets)
-            backbone.module.to(device)
-            if backbone.n_features is None:
-                backbone.n_features = probe_width(backbone.module, backbone.preprocess,
-                                                  X, device)
-            trainable = freeze(backbone, self.unfreeze)
             n_blocks = len(backbone.blocks)
             n_frozen = 0 if trainable is None else n_blocks - self.unfreeze
             encode = make_encoder(backbone, X, n_frozen, cache=resolve_cache(self.cache),
@@ -336,16 +328,13 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
                                   batch_size=self.batch_size, device=device,
                                   progress=self.verbose >= 1)
             body = TransferModule(backbone.module, nn.Identity(), trainable)
-            optimizer = (OPTIMIZERS[self.optimizer] if isinstance(self.optimizer, str)
-                         else self.optimizer)
-            backbone_lr = self.lr / 10 if self.backbone_lr is None else self.backbone_lr
             start = time.perf_counter()
             losses = contrastive_tune(
                 body, encode, targets, pair_sampling=self.pair_sampling,
                 loss=self.contrastive_loss, n_iterations=self.pair_iterations,
                 epochs=self.contrastive_epochs, batch_size=self.batch_size,
-                optimizer=optimizer, lr=backbone_lr, rng=rng, device=device,
-                progress=self.verbose >= 1, schedule=self.contrastive_schedule,
+                optimizer=optimizer_class(self.optimizer), lr=self._backbone_lr(), rng=rng,
+                device=device, progress=self.verbose >= 1, schedule=self.contrastive_schedule,
                 temperature=self.contrastive_temperature)
             history = History()
             for epoch, value in enumerate(losses, start=1):

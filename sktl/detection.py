@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import BackboneEstimatorMixin
 from ._inference import resolve_device, worker_threads
 from ._streaming import default_chunk_size, is_stream, map_chunks
-from ._training import OPTIMIZERS
+from ._training import OPTIMIZERS, optimizer_class
 from .backbones._weights import WeightsUnavailableError, load_state_dict_file
 
 __all__ = ["DETECTION_MODELS", "TransferDetector"]
@@ -536,8 +536,7 @@ default="ssdlite320_mobilenet_v3_large"
 
     def _train(self, model, frozen, images, targets, device):
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer_cls = (OPTIMIZERS[self.optimizer] if isinstance(self.optimizer, str)
-                         else self.optimizer)
+        optimizer_cls = optimizer_class(self.optimizer)
         optimizer = optimizer_cls(params, lr=self.lr)
         epochs = range(self.max_epochs)
         if self.verbose >= 1:
