@@ -96,14 +96,21 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
     74.65 (all three: 74.90). Short of a clear gain at twice the cost, so
     it was not taken to the test sets.
   - 40 pair iterations instead of 20 at T=0.5 (twice the steps, still
-    fewer forward passes than SetFit's), on the CR dev set at N=64 with two more draws (seeds 0-4), beside
-    SetFit run on the same dev draws (``probe`` 76.20): SetFit 81.50
+    fewer forward passes than SetFit's), on the CR dev set at N=64 with
+    two more draws (seeds 0-4), beside SetFit run on the same dev draws (``probe`` 76.20): SetFit 81.50
     (83.50 / 83.25 / 81.75 / 80.00 / 79.00, 698 s per fit), the record
     81.24 (84.2 / 82.8 / 79.0 / 80.0 / 80.2, about 210 s), 40 iterations
     81.46 (83.0 / 82.8 / 81.5 / 81.2 / 78.8, about 390 s). So on dev, too,
     the record is slightly behind SetFit on CR at N=64 (-0.26; the test
     sets: -0.59), and twice the steps closes that only to -0.04, within
     dev noise, at twice the cost: not taken to the test sets.
+  - Two levers at about the record's cost, on the same CR dev draws (N=64,
+    seeds 0-4; fit s per run while other work shared the CPUs):
+    ``batch_size=32`` (the same forward passes in half the steps, each
+    with four times the pairs) 81.10 (83.2 / 80.0 / 81.0 / 80.0 / 81.2,
+    250 s); ``backbone_lr=1e-4`` 80.65 (82.0 / 79.8 / 81.5 / 79.0 / 81.0,
+    241 s). Neither gains on the record (81.24), let alone on SetFit
+    (81.50): not taken to the test sets.
 
   SetFit's own recipe run inside sktl (pairs, cosine, 2e-5, linear)
   reproduces SetFit's accuracy, as it should. At N=64 (SST-2 dev, draws 0
