@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clo
 from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 from torch import nn
 
 from .backbones._inputs import take
@@ -167,7 +167,10 @@ class DistillationClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
         self : DistillationClassifier
         """
         self._validate_params()
+        self._check_student()
         y = column_or_1d(y, warn=True)
+        if hasattr(X, "__len__") and not isinstance(X, (str, bytes)):
+            check_consistent_length(X, y)  # before the teacher trains, not after
         check_classification_targets(y)
         labelled = ~is_unlabelled(y)
         classes = np.unique(y[labelled])
@@ -210,6 +213,22 @@ class DistillationClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
         # softmax(logits / T) from probabilities: log p = logits - const per row.
         logits = np.log(np.clip(proba, 1e-12, None)) / self.temperature
         return softmax(logits, axis=1)
+
+    def _check_student(self):
+        """The student learns from soft targets by cross-entropy: settings of a
+        :class:`TransferClassifier` that replace that loss cannot apply."""
+        student = self.student
+        if getattr(student, "strategy", "finetune") != "finetune":
+            raise ValueError(
+                f"The student has strategy={student.strategy!r}; distillation trains it "
+                "end to end on the teacher's soft targets, so it needs "
+                "strategy='finetune' (the default).")
+        if getattr(student, "domain_loss", None) is not None:
+            raise ValueError(
+                f"The student has domain_loss={student.domain_loss!r}, which "
+                "DistillationClassifier does not combine with the distillation loss; "
+                "set domain_loss=None on the student (adapt the features first with "
+                "sktl.domain.DomainAdaptTransformer if the transfer rows are shifted).")
 
     def _new_student(self):
         if isinstance(self.student, nn.Module):

@@ -330,6 +330,9 @@ class SubdomainEnsembleClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstim
     def _validate_X(self, X, reset):
         """Numeric check of ``X`` when it is the feature matrix itself."""
         if self.featurizer is not None:
+            if reset:  # the featurizer describes the input; drop a last fit's
+                for name in ("n_features_in_", "feature_names_in_"):
+                    self.__dict__.pop(name, None)
             return None
         return validate_data(self, X, reset=reset, dtype=np.float64,
                              ensure_min_samples=2 if reset else 1)

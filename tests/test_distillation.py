@@ -158,6 +158,14 @@ def test_bad_input_errors(xor_task):
         DistillationClassifier(teacher, LogisticRegression()).fit(X, y_few)
     with pytest.raises(Exception, match="'alpha' parameter"):
         DistillationClassifier(teacher, _student(), alpha=1.5).fit(X, y_few)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        DistillationClassifier(teacher, _student()).fit(X[:-3], y_few)
+    # Student settings that would replace the distillation loss are refused,
+    # not ignored (contrastive) or crashed on (a domain loss).
+    with pytest.raises(ValueError, match="needs strategy='finetune'"):
+        DistillationClassifier(teacher, _student(strategy="contrastive")).fit(X, y_few)
+    with pytest.raises(ValueError, match="set domain_loss=None on the student"):
+        DistillationClassifier(teacher, _student(domain_loss="coral")).fit(X, y_few)
 
 
 def test_failed_refit_keeps_the_fitted_model(xor_task):

@@ -408,6 +408,45 @@ def test_bad_input_errors(domains):
         DomainAdaptTransformer().fit(X, y[:-1])
     with pytest.raises(ValueError, match="minimum of 2 is required"):
         DomainAdaptTransformer().fit(X[:1], [-1])
+    with pytest.raises(TypeError, match="sample_domain must be numeric or boolean"):
+        DomainAdaptTransformer().fit(X, sample_domain=np.where(y >= 0, "source", "target"))
+    # A column-vector y is read as 1-D (with sklearn's warning), as by estimators.
+    with pytest.warns(UserWarning, match="column-vector y"):
+        column = DomainAdaptTransformer("coral").fit(X, y[:, None])
+    np.testing.assert_allclose(column.transform(X), DomainAdaptTransformer("coral")
+                               .fit(X, y).transform(X))
+
+
+def test_refit_with_another_method_drops_the_last_methods_state(domains):
+    X, y, _, _, _ = domains
+    est = DomainAdaptTransformer("coral").fit(X, y)
+    assert hasattr(est, "coral_matrix_")
+    est.set_params(method="sa", n_components=2).fit(X, y)
+    assert not hasattr(est, "coral_matrix_") and est.n_components_ == 2
+    est.set_params(method="none").fit(X, y)
+    assert not hasattr(est, "n_components_") and not hasattr(est, "components_")
+
+
+def test_jda_leaves_unlabelled_source_rows_out_of_the_classes(domains):
+    X, y, _, _, _ = domains
+    sample_domain = (y >= 0).astype(int)
+    y_marked = y.copy()
+    first_source = np.flatnonzero(sample_domain)[:3]
+    y_marked[first_source] = -1  # source rows, but unlabelled
+    est = DomainAdaptTransformer("jda", n_components=2, random_state=0)
+    est.fit(X, y_marked, sample_domain=sample_domain)
+    assert -1 not in set(est.target_pseudo_labels_)
+    assert set(est.target_pseudo_labels_) <= set(y[y >= 0])
+
+
+def test_make_da_pipeline_wraps_a_classifier_that_also_transforms(domains):
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    X, y, _, Xt, _ = domains
+    pipe = make_da_pipeline(DomainAdaptTransformer("coral"), LinearDiscriminantAnalysis())
+    assert isinstance(pipe.steps[-1][1], SkipUnlabelled)
+    pipe.fit(X, y)
+    assert -1 not in pipe.classes_ and -1 not in set(pipe.predict(Xt))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -27,6 +27,7 @@ from sklearn.utils.validation import (
     _generate_get_feature_names_out,
     check_consistent_length,
     check_is_fitted,
+    column_or_1d,
     validate_data,
 )
 
@@ -307,6 +308,12 @@ def _clip_components(n_components, limit, what):
     return int(n_components)
 
 
+# Fitted attributes that only some methods set.
+_METHOD_ATTRIBUTES = ("alignment_matrix_", "components_", "coral_matrix_", "coupling_",
+                      "gamma_", "n_components_", "projection_", "source_fit_",
+                      "source_mapped_", "target_components_", "target_pseudo_labels_")
+
+
 class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
     """Map source-domain rows onto the target domain (shallow domain adaptation).
 
@@ -441,7 +448,7 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
     gamma_ : float
         TCA with ``kernel="rbf"``: the RBF width used.
     n_components_ : int
-        SA, TCA: the number of components used.
+        SA, TCA, JDA: the number of components used.
     coupling_ : ndarray of shape (n_source_fit, n_target_fit)
         OT: the transport plan.
     source_fit_, source_mapped_ : ndarray of shape (n_source_fit, n_features)
@@ -564,7 +571,12 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
     @atomic_fit
     def _fit(self, X, y, sample_domain):
         self._validate_params()
+        # A refit with another method must not keep the last method's state.
+        for name in _METHOD_ATTRIBUTES:
+            self.__dict__.pop(name, None)
         X = validate_data(self, X, reset=True, dtype=np.float64, ensure_min_samples=2)
+        if y is not None:
+            y = column_or_1d(y, warn=True)
         source, target = self._domains(X, y, sample_domain)
         Xs, Xt = X[source], X[target]
         self.source_mean_ = Xs.mean(axis=0)
@@ -665,7 +677,13 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         check_consistent_length(X, y)
         y_source, y_target = y[source], y[~source].copy()
         known = ~is_unlabelled(y_target)  # labelled target rows keep their label
-        classes = np.unique(y_source)
+        # Source rows marked unlabelled (via sample_domain) count in the
+        # marginal term only: they are neither a class nor a neighbour.
+        labelled = ~is_unlabelled(y_source)
+        if not labelled.any():
+            raise ValueError("method='jda' needs labelled source rows; every source row "
+                             "of y is -1 (sktl.domain.UNLABELLED).")
+        classes = np.unique(y_source[labelled])
         k = _clip_components(self.n_components, X.shape[1], "n_features")
         centred = X - X.mean(axis=0)
         scatter = centred.T @ centred  # X' H X
@@ -677,7 +695,8 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
             A = _jda_projection(np.vstack([Xs, Xt]), scatter, E, self.mu, k)
             if round_ == self.pseudo_label_iter:
                 break
-            labeller = KNeighborsClassifier(1).fit(_unit_rows(Xs @ A), y_source)
+            labeller = KNeighborsClassifier(1).fit(_unit_rows(Xs[labelled] @ A),
+                                                   y_source[labelled])
             pseudo = labeller.predict(_unit_rows(Xt @ A))
             pseudo[known] = y_target[known]
         self.projection_ = A

@@ -50,7 +50,11 @@ def domain_masks(y, sample_domain=None, *, n_samples=None):
     """
     if sample_domain is not None:
         domain = np.asarray(sample_domain)
-        source = domain > 0
+        if domain.dtype.kind not in "biuf":
+            raise TypeError(
+                f"sample_domain must be numeric or boolean (1 or True for source rows, "
+                f"0 or False for target rows); got dtype {domain.dtype}.")
+        source = domain.reshape(-1) > 0
     elif y is None:
         source = np.zeros(n_samples, dtype=bool)
     else:
@@ -175,7 +179,9 @@ def make_da_pipeline(*steps, **kwargs):
     ['domainadapttransformer', 'skipunlabelled']
     """
     *head, last = steps
+    # A predictor that also transforms (LinearDiscriminantAnalysis) is still
+    # the final learner: unwrapped, it would learn UNLABELLED as a class.
     if not isinstance(last, SkipUnlabelled) and hasattr(last, "fit") and \
-            not hasattr(last, "transform"):
+            (hasattr(last, "predict") or not hasattr(last, "transform")):
         last = SkipUnlabelled(last)
     return make_pipeline(*head, last, **kwargs)
