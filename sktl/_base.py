@@ -19,7 +19,13 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, v
 from ._atomic import atomic_fit
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
 from ._distributed import PRECISIONS, autocast, check_precision, distributed_net
-from ._inference import forward_batches, probe_width, resolve_device, worker_threads
+from ._inference import (
+    forward_batches,
+    probe_width,
+    resolve_device,
+    seeded_torch,
+    worker_threads,
+)
 from ._prefix import FrozenReader, split_frozen_prefix
 from ._streaming import default_chunk_size, is_stream, map_chunks
 from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
@@ -77,6 +83,9 @@ class BackboneEstimatorMixin:
             return validate_data(self, X, y, reset=reset, dtype=np.float32,
                                  allow_nd=True, **(y_kwargs or {}))
         X = validate_images(X) if kind == "image" else validate_texts(X)
+        if reset:  # images and texts have no columns: drop a last array fit's
+            for name in ("n_features_in_", "feature_names_in_"):
+                self.__dict__.pop(name, None)
         if y is not None:
             check_consistent_length(X, y)
         return X, y
@@ -177,8 +186,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             raise ValueError(f"{type(self).__name__} requires y to be passed, "
                              "but the target y is None.")
         device = self._training_device()
-        with worker_threads(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._torch_seed())
+        with worker_threads(), seeded_torch(self._torch_seed(), device):
             backbone, X, targets, n_outputs, target_attrs, trainable = self._prepare_fit(
                 X, y, device, encode)
             head = make_head(self.head, backbone.n_features, n_outputs).to(device)
@@ -362,6 +370,14 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         precision = self._precision()
         check_precision(precision, self.device_)
         with worker_threads():
+            if self.unfreeze == 0 and precision != "32" and (reader is None or cache is None):
+                # The head was trained on float32 features (see _precompute):
+                # read them in float32 here too, with no cache or reader.
+                features = forward_batches(self.backbone_.module, self.backbone_.preprocess, X,
+                                           desc="features", **run)
+                with autocast(precision, self.device_):
+                    return forward_batches(self.module_.head, _as_tensor, features,
+                                           desc="predict", **run)
             if reader is None or cache is None or not reader.valid():
                 with autocast(precision, self.device_):
                     return forward_batches(self.module_, self.backbone_.preprocess, X,

@@ -64,8 +64,15 @@ def sample_hashes(X):
     return [_hash_sample(x) for x in X]
 
 
+def _layer_types(module):
+    """Each submodule's name and class; a lazy layer counts as the layer it
+    becomes, so a loaded model keys like the fitted one it was saved from."""
+    return ",".join(f"{name}:{(getattr(type(m), 'cls_to_become', None) or type(m)).__name__}"
+                    for name, m in module.named_modules())
+
+
 def extraction_key(backbone, **settings):
-    """What produced a row: backbone recipe + weights fingerprint + settings.
+    """What produced a row: backbone recipe + layers + weights fingerprint + settings.
 
     The fingerprint is checked on every call: backbones are copied and
     fine-tuned, and a stale fingerprint would serve the rows of the weights
@@ -73,8 +80,12 @@ def extraction_key(backbone, **settings):
     together with a token of the tensors' identities and version counters,
     which any training step changes.
     """
+    # Same weights in another architecture (an activation swapped), or texts
+    # tokenised otherwise (max_seq_length), must not share rows.
     parts = [backbone.fingerprint(), repr(sorted(backbone.spec.items())),
+             _layer_types(backbone.module),
              repr(getattr(backbone.preprocess, "transform", None)),
+             repr(getattr(backbone.preprocess, "settings", None)),
              repr(sorted(settings.items()))]
     return hashlib.blake2b("|".join(parts).encode(), digest_size=16).digest()
 

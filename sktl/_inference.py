@@ -19,6 +19,7 @@ __all__ = [
     "forward_batches",
     "probe_width",
     "resolve_device",
+    "seeded_torch",
     "to_device",
 ]
 
@@ -42,6 +43,22 @@ def worker_threads():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def seeded_torch(seed, device):
+    """Seed torch for one fit and restore its random state afterwards.
+
+    The generators of ``device`` are forked too: ``torch.manual_seed`` alone
+    would leave the user's CUDA stream reseeded after a GPU fit.
+    """
+    cuda = torch.device(device).type == "cuda"
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed_all(seed)
+        yield
 
 
 def resolve_device(device):

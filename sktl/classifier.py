@@ -31,7 +31,7 @@ from ._contrastive import (
     make_encoder,
     normalized_head,
 )
-from ._inference import worker_threads
+from ._inference import seeded_torch, worker_threads
 from ._training import TransferModule, build_net, make_head, optimizer_class
 from .domain._convention import is_unlabelled
 from .domain._losses import DOMAIN_LOSSES
@@ -315,8 +315,7 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
                 "frozen backbone.")
         device = self._training_device()
         seed = self._torch_seed()
-        with worker_threads(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with worker_threads(), seeded_torch(seed, device):
             rng = np.random.RandomState(seed)
             backbone, X, targets, n_classes, target_attrs, trainable = self._prepare_fit(
                 X, y, device)

@@ -14,7 +14,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import BackboneEstimatorMixin
-from ._inference import resolve_device, worker_threads
+from ._inference import resolve_device, seeded_torch, worker_threads
 from ._streaming import default_chunk_size, is_stream, map_chunks
 from ._training import OPTIMIZERS, optimizer_class
 from .backbones._weights import WeightsUnavailableError, load_state_dict_file
@@ -513,8 +513,7 @@ default="ssdlite320_mobilenet_v3_large"
         except TypeError as exc:
             raise ValueError(f"labels must be all numbers or all strings ({exc}).") from exc
         device = resolve_device(self.device)
-        with worker_threads(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._torch_seed())
+        with worker_threads(), seeded_torch(self._torch_seed(), device):
             name, model = self._make_model(classes)
             blocks, frozen = self._freeze(model, name)
             model.to(device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from numbers import Integral
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -14,7 +13,14 @@ from ._atomic import atomic_fit
 from ._base import BackboneEstimatorMixin
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
 from ._distributed import PRECISIONS, autocast, check_precision
-from ._inference import LayerOutput, forward_batches, probe_width, resolve_device, worker_threads
+from ._inference import (
+    LayerOutput,
+    forward_batches,
+    probe_width,
+    resolve_device,
+    seeded_torch,
+    worker_threads,
+)
 from ._streaming import default_chunk_size, is_dask_collection, is_stream, map_chunks, stream_head
 from .backbones import shared_backbone
 
@@ -168,8 +174,7 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
             X, _ = stream_head(X, 1)
         device = resolve_device(self.device)
         check_precision(self.precision, device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._torch_seed())
+        with seeded_torch(self._torch_seed(), device):
             backbone = shared_backbone(self.backbone, self.weights, device)
             X, _ = self._validate_X(X, backbone.input_kind, reset=True)
             backbone.module.eval().to(device)
@@ -178,6 +183,9 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
             if self.layer is not None or width is None:
                 width = probe_width(module, backbone.preprocess, X, device)
         backbone.module.requires_grad_(False)
+        # The precision the rows are computed in is fixed at fit, like the key
+        # they are cached under (set_params after fit must not mix the two).
+        self._fit_precision = self.precision
         self._extraction_key = self._cache_key(backbone)
         self.backbone_ = backbone
         self.extractor_ = module
@@ -189,7 +197,8 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
     def _cache_key(self, backbone):
         """The key of this extractor's rows in the feature cache."""
         # float32 rows keep their historical key; other precisions get their own.
-        precision = {} if self.precision == "32" else {"precision": self.precision}
+        precision = getattr(self, "_fit_precision", self.precision)
+        precision = {} if precision == "32" else {"precision": precision}
         return extraction_key(backbone, layer=self.layer, pooling=self.pooling, **precision)
 
     def _extraction_module(self, backbone):
@@ -250,7 +259,8 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
     def _transform_in_memory(self, X, *, progress):
         X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
         self.extractor_.to(self.device_)
-        precision = getattr(self, "precision", "32")  # models pickled before it existed
+        # Models pickled before these attributes existed: float32.
+        precision = getattr(self, "_fit_precision", getattr(self, "precision", "32"))
         with worker_threads(), autocast(precision, self.device_):
             return forward_batches(self.extractor_, self.backbone_.preprocess, X,
                                    batch_size=self.batch_size, device=self.device_,

@@ -13,6 +13,7 @@ that :func:`load` reads without unpickling anything:
 from __future__ import annotations
 
 import json
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,8 @@ def _jsonable_params(estimator):
             # process unless given an accelerator again.
             params[key] = None
             continue
-        if key == "random_state" and not (value is None or isinstance(value, int)):
-            value = None
+        if key == "random_state":  # a seed is kept (numpy ints too); a RandomState is not
+            value = int(value) if isinstance(value, Integral) else None
         if not (value is None or isinstance(value, (str, int, float, bool))):
             raise TypeError(
                 f"{key}={value!r} cannot be stored in the safe format (JSON); use "

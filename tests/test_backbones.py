@@ -123,6 +123,12 @@ def test_sentence_transformer_folder(minilm_dir):
     assert bb.block_names[:2] == ["embeddings", "encoder.layer.0"]
     assert len(bb.blocks) == 7
     assert bb.n_features == 384
+    # Texts cut at another length are other rows: the cache key says so.
+    from sktl._cache import extraction_key
+
+    key = extraction_key(bb)
+    bb.preprocess.model.max_seq_length = 8
+    assert extraction_key(bb) != key
 
 
 def test_hub_name_resolves_from_the_local_hugging_face_cache(minilm_dir, tmp_path, monkeypatch):

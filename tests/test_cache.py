@@ -56,6 +56,34 @@ def test_any_change_of_key_misses(blobs, cache, before, after):
     assert cache.misses == misses + len(X)
 
 
+def test_same_weights_in_another_architecture_miss(blobs, cache):
+    import copy
+
+    X, _ = blobs
+    relu = TinyNet()
+    relu(torch.as_tensor(X[:1]))  # materialise the lazy layer
+    tanh = copy.deepcopy(relu)
+    tanh.block1[1] = torch.nn.Tanh()  # same weights, another function
+    cached = FeatureExtractor(relu, cache=cache).fit(X)
+    cached.transform(X)
+    other = FeatureExtractor(tanh, cache=cache).fit(X).transform(X)
+    np.testing.assert_allclose(other, FeatureExtractor(tanh, cache=False).fit(X).transform(X),
+                               rtol=1e-6, atol=1e-7)
+    assert cache.hits == 0
+
+
+def test_precision_is_fixed_at_fit_with_its_cache_key(blobs, cache):
+    X, _ = blobs
+    fe = FeatureExtractor(TinyNet, random_state=0, cache=cache).fit(X)
+    # set_params after fit takes effect at the next fit, as in sklearn: the
+    # rows stay float32, under the float32 key.
+    fe.set_params(precision="bf16")
+    plain = FeatureExtractor(TinyNet, random_state=0, cache=False).fit(X).transform(X)
+    np.testing.assert_allclose(fe.transform(X), plain, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(FeatureExtractor(TinyNet, random_state=0, cache=cache)
+                               .fit(X).transform(X), plain, rtol=1e-6, atol=1e-7)
+
+
 def test_changed_sample_content_misses(blobs, cache):
     X, _ = blobs
     fe = FeatureExtractor(TinyNet, random_state=0, cache=cache).fit(X)

@@ -64,6 +64,22 @@ def test_bf16_training_and_prediction_on_cpu(blobs):
     assert (mixed.predict(X) == full.predict(X)).mean() > 0.95
 
 
+def test_bf16_frozen_backbone_predicts_alike_with_or_without_the_cache(blobs):
+    import pickle
+
+    X, y = blobs
+    params = {"unfreeze": 0, "max_epochs": 3, "lr": 0.02, "random_state": 0,
+              "precision": "bf16"}
+    body = _mlp()  # copied by each classifier: the same weights
+    cached = TransferClassifier(body, **params).fit(X, y)
+    proba = cached.predict_proba(X)
+    # Unpickled (no frozen reader) and cache-less models read the features in
+    # float32, as the head was trained on them.
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(cached)).predict_proba(X), proba)
+    plain = TransferClassifier(body, cache=False, **params).fit(X, y)
+    np.testing.assert_array_equal(plain.predict_proba(X), proba)
+
+
 def test_bf16_regressor_and_extractor(blobs):
     X, _ = blobs
     target = X[:, 0] - X[:, 1]

@@ -274,6 +274,37 @@ def test_safe_format_round_trip(make, blobs, tmp_path):
         np.testing.assert_array_equal(loaded.classes_, est.classes_)
 
 
+def test_safe_format_keeps_a_numpy_integer_seed(blobs, tmp_path):
+    import sktl
+
+    X, y = blobs
+    clf = TransferClassifier(TinyNet, max_epochs=1, random_state=np.int64(3)).fit(X, y)
+    sktl.save(clf, tmp_path / "m")
+    assert sktl.load(tmp_path / "m").get_params()["random_state"] == 3
+
+
+def test_refit_on_images_drops_the_array_fits_input_attributes(blobs):
+    import pandas as pd
+
+    X, y = blobs
+    frame = pd.DataFrame(X, columns=[f"c{i}" for i in range(X.shape[1])])
+    fe = FeatureExtractor(TinyNet, random_state=0).fit(frame)
+    assert fe.n_features_in_ == X.shape[1] and hasattr(fe, "feature_names_in_")
+    images = np.random.RandomState(0).randint(0, 256, (4, 8, 8, 3)).astype(np.uint8)
+    fe.set_params(backbone="resnet18", weights=None).fit(images)
+    assert not hasattr(fe, "n_features_in_") and not hasattr(fe, "feature_names_in_")
+
+
+def test_a_fit_leaves_the_global_torch_stream_alone(blobs):
+    X, y = blobs
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    TransferClassifier(TinyNet, max_epochs=1, random_state=0).fit(X, y)
+    FeatureExtractor(TinyNet, random_state=0).fit(X)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
 def test_safe_format_refuses_what_it_cannot_rebuild(blobs, tmp_path):
     import sktl
 
@@ -368,6 +399,13 @@ def test_integer_and_float_pixel_ranges():
     p = ImagePreprocessor()
     torch.testing.assert_close(p(u8.astype(np.int64)), p(u8))
     torch.testing.assert_close(p(u8.astype(np.uint16) * 257), p(u8))
+    # The scale follows the dtype, not the batch: a dark 16-bit image maps to
+    # the same tensor alone as beside a bright one.
+    dark = (u8[:1].astype(np.uint16) // 2)
+    bright = u8[1:].astype(np.uint16) * 257
+    torch.testing.assert_close(p(np.concatenate([dark, bright]))[:1], p(dark))
+    with pytest.raises(ValueError, match="must hold 0-255"):
+        p(u8.astype(np.int64) * 4)
     with pytest.warns(UserWarning, match="divide 0-255"):
         p(u8.astype(np.float32))
     from sktl.backbones._inputs import validate_images

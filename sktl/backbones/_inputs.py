@@ -128,12 +128,24 @@ def _load_image(x):
 
 
 def _scale(arr):
-    """Pixel values -> float32 in [0, 1]: integers by their range, floats as given."""
-    if arr.dtype == np.uint8 or arr.dtype.kind in "iu" and arr.max(initial=0) <= 255:
-        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).div_(255.0)
-    if arr.dtype.kind in "iu":  # 16-bit and wider images
-        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).div_(
-            float(np.iinfo(arr.dtype).max))
+    """Pixel values -> float32 in [0, 1]: integers by their dtype, floats as given.
+
+    The scale depends on the dtype only, never on the values of a batch, so an
+    image maps to the same tensor whichever images share its batch: uint8 by
+    255, uint16 (16-bit images) by 65535, and other integer dtypes (arrays
+    built from Python ints) as 0-255 values.
+    """
+    if arr.dtype.kind in "iu":
+        if arr.dtype == np.uint16:
+            top = 65535.0
+        else:
+            top = 255.0
+            if arr.dtype != np.uint8 and arr.size and (arr.max() > 255 or arr.min() < 0):
+                raise ValueError(
+                    f"Integer images of dtype {arr.dtype} must hold 0-255 pixel values; "
+                    f"got values in [{arr.min()}, {arr.max()}]. Pass 16-bit images as "
+                    "uint16, or floats in [0, 1].")
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).div_(top)
     if arr.size and arr.max() > 1.5:
         warnings.warn(
             "Float images are expected in [0, 1] but values reach "
@@ -148,7 +160,12 @@ def _pil_to_array(x):
         return np.asarray(x)
     if x.mode in ("I;16", "I;16B", "I;16L"):
         return np.asarray(x).astype(np.uint16)
-    if x.mode in ("I", "F", "L"):
+    if x.mode == "I":  # 32-bit integer mode: how Pillow opens 16-bit PNGs
+        arr = np.asarray(x)
+        if arr.size and arr.min() >= 0 and arr.max() <= 65535:
+            return arr.astype(np.uint16)
+        return arr
+    if x.mode in ("I", "F", "L"):  # "I" beyond the 16-bit range: as stored
         return np.asarray(x)
     return np.asarray(x.convert("RGB"))
 

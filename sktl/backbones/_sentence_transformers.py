@@ -50,12 +50,23 @@ class TextPreprocessor:
     def __init__(self, model):
         self.model = model
 
+    def _prompt(self):
+        # The model's default prompt (e5/bge "query: "), applied as encode() does.
+        name = getattr(self.model, "default_prompt_name", None)
+        return getattr(self.model, "prompts", {}).get(name) if name else None
+
+    @property
+    def settings(self):
+        """What shapes the tokens besides the texts (part of the cache key)."""
+        first = self.model[0] if len(self.model) else None
+        return {"max_seq_length": getattr(self.model, "max_seq_length", None),
+                "do_lower_case": getattr(first, "do_lower_case", None),
+                "prompt": self._prompt()}
+
     def __call__(self, texts):
         # sentence-transformers >= 6 names it preprocess; older ones tokenize.
         tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize
-        # Apply the model's default prompt (e5/bge "query: ") as encode() does.
-        name = getattr(self.model, "default_prompt_name", None)
-        prompt = getattr(self.model, "prompts", {}).get(name) if name else None
+        prompt = self._prompt()
         features = tokenize(list(texts), prompt=prompt) if prompt else tokenize(list(texts))
         return {k: v for k, v in features.items() if isinstance(v, torch.Tensor)}
 
