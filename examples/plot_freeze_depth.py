@@ -29,13 +29,19 @@ source = TransferClassifier("resnet18", weights=None, unfreeze="all", max_epochs
 source.fit(X[source_idx], y[source_idx])
 
 # 3. fine-tune on the target, the freeze depth chosen by cross-validation
+depths, rates = [0, 1, 2], [3e-3, 1e-2]
 search = GridSearchCV(
     TransferClassifier(backbone=source, max_epochs=30, random_state=0),
-    {"unfreeze": [0, 1, 2], "lr": [3e-3, 1e-2]},
+    {"unfreeze": depths, "lr": rates},
     cv=StratifiedKFold(2, shuffle=True, random_state=0),
 ).fit(X[few], y[few])
 
-scores = search.cv_results_["mean_test_score"].reshape(3, 2)
+# cv_results_ lists the candidates in ParameterGrid's order (lr varies
+# slowest), so pick each cell by its parameters rather than reshaping.
+results = search.cv_results_
+scores = np.array([[results["mean_test_score"][(results["param_unfreeze"] == d)
+                                               & (results["param_lr"] == r)][0]
+                    for r in rates] for d in depths])
 print("mean CV accuracy (rows: unfreeze 0/1/2, columns: lr 3e-3/1e-2)")
 print(np.round(scores, 3))
 print("best:", search.best_params_, "target test accuracy:",

@@ -8,7 +8,7 @@ own ``torch.nn.Module`` or a fitted sktl model) wrapped as estimators:
   with the top ``unfreeze`` backbone blocks fine-tuned (optionally with a
   deep domain-adaptation loss);
 * :class:`DomainAdaptTransformer` -- align source features with a target
-  domain (CORAL, subspace alignment, TCA, optimal transport); see
+  domain (CORAL, subspace alignment, TCA, optimal transport, JDA); see
   :mod:`sktl.domain` for how target rows are marked (``y = -1``);
 * :class:`DistillationClassifier` -- a small student trained on a teacher's
   soft targets, unlabelled transfer rows included;
