@@ -234,6 +234,21 @@ def test_scorers_in_cross_validate(problem):
         assert oracle == pytest.approx(np.mean(model.predict(Xt) == yt))
 
 
+@pytest.mark.parametrize("name", ["iwv", "reverse"])
+def test_scorers_map_source_rows_inside_a_nested_pipeline(problem, name):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y, _ = problem
+    flat = make_da_pipeline(StandardScaler(), MeanAligner(), LogisticRegression()).fit(X, y)
+    nested = make_da_pipeline(make_pipeline(StandardScaler(), MeanAligner()),
+                              LogisticRegression()).fit(X, y)
+    np.testing.assert_array_equal(nested.predict(X), flat.predict(X))
+    # The same model, nested or not: the same score (the aligner's
+    # transform_source is found inside the inner pipeline).
+    assert SCORERS[name](nested, X, y) == pytest.approx(SCORERS[name](flat, X, y))
+
+
 def test_scorers_with_string_labels(problem):
     X, y, yt = problem
     names = np.array(["cat", "dog"], dtype=object)

@@ -230,6 +230,17 @@ def test_standard_scaler_featurizer_for_badly_scaled_features():
     assert model.n_features_in_ == 2
 
 
+def test_refit_with_a_featurizer_drops_the_last_fits_column_names():
+    import pandas as pd
+
+    X, y, g = _opposite(seed=0)
+    model = SubdomainEnsembleClassifier(_lr()).fit(pd.DataFrame(X, columns=["a", "b"]), y,
+                                                   groups=g)
+    assert list(model.feature_names_in_) == ["a", "b"]
+    model.set_params(featurizer=FunctionTransformer()).fit(X, y, groups=g)
+    assert not hasattr(model, "feature_names_in_")
+
+
 def test_transfer_classifier_experts():
     X, y, g = _opposite(n=40, seed=0)
     X = X.astype(np.float32)

@@ -130,17 +130,25 @@ def _call_on_source_rows(estimator, X_source, method):
     inputs unlike the ones it was trained on. So the steps of a pipeline that
     have ``transform_source`` (as :class:`sktl.domain.DomainAdaptTransformer`
     does) map the rows with it; other steps (scalers, feature extractors)
-    with ``transform``. Anything but a pipeline is called as it is.
+    with ``transform``; nested pipelines step by step, by the same rule.
+    Anything but a pipeline is called as it is.
     """
     if not isinstance(estimator, Pipeline):
         return getattr(estimator, method)(X_source)
     Xt = X_source
     for _, step in estimator.steps[:-1]:
-        if step is None or (isinstance(step, str) and step == "passthrough"):
-            continue
-        Xt = step.transform_source(Xt) if hasattr(step, "transform_source") \
-            else step.transform(Xt)
-    return getattr(estimator.steps[-1][1], method)(Xt)
+        Xt = _transform_source_rows(step, Xt)
+    return _call_on_source_rows(estimator.steps[-1][1], Xt, method)
+
+
+def _transform_source_rows(step, X):
+    if step is None or (isinstance(step, str) and step == "passthrough"):
+        return X
+    if isinstance(step, Pipeline):
+        for _, inner in step.steps:
+            X = _transform_source_rows(inner, X)
+        return X
+    return step.transform_source(X) if hasattr(step, "transform_source") else step.transform(X)
 
 
 def _require(estimator, method, who, hint=""):
