@@ -111,6 +111,13 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
     250 s); ``backbone_lr=1e-4`` 80.65 (82.0 / 79.8 / 81.5 / 79.0 / 81.0,
     241 s). Neither gains on the record (81.24), let alone on SetFit
     (81.50): not taken to the test sets.
+  - Supervised contrastive plus cross-entropy while the encoder trains
+    (Gunel et al. 2021: a linear head on the unit-length embeddings learns
+    with it, loss 0.9 SupCon + 0.1 cross-entropy, head LR 1e-2; the
+    logistic-regression head is fitted afterwards as in the record), same
+    CR dev draws: 81.25 (82.0 / 84.5 / 79.0 / 80.8 / 80.0, about 295 s
+    with other work on the CPUs), the record's 81.24 again: no gain, not
+    taken to the test sets (dev-only script, not a parameter).
 
   SetFit's own recipe run inside sktl (pairs, cosine, 2e-5, linear)
   reproduces SetFit's accuracy, as it should. At N=64 (SST-2 dev, draws 0
