@@ -197,6 +197,14 @@ def _validate_targets(targets, images):
         if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
             raise ValueError(f"Target {i}: every box needs x2 > x1 and y2 > y1 "
                              "(xyxy format).")
+        height, width = image.shape[-2:]
+        outside = ((boxes[:, :2] < 0).any(axis=1) | (boxes[:, 2] > width)
+                   | (boxes[:, 3] > height))
+        if outside.any():
+            raise ValueError(
+                f"Target {i}: box {boxes[outside][0].tolist()} lies outside its "
+                f"{width}x{height} image; boxes are (x1, y1, x2, y2) pixels within "
+                "0..width and 0..height (clip them, or check the image/target order).")
         labels = np.asarray(target["labels"])
         if labels.ndim == 0 and boxes.shape[0] == 1:
             labels = labels.reshape(1)
@@ -205,6 +213,31 @@ def _validate_targets(targets, images):
                              f"{labels.shape}.")
         out.append((boxes, labels))
     return out
+
+
+def _batches(indices, batch_size):
+    """Consecutive batches of ``indices``; a lone last image joins the batch
+    before it, as BatchNorm layers that train (SSDlite's extra blocks work on
+    1x1 maps) cannot normalise a batch of one."""
+    batches = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        lone = batches.pop()
+        batches[-1] = list(batches[-1]) + list(lone)
+    return batches
+
+
+def _check_labels(all_labels):
+    """Labels of every box: all numbers or all strings, no NaN (before numpy
+    would turn a mix into strings, and NaN != NaN would fail the lookup)."""
+    values = [v for labels in all_labels for v in labels.tolist()]
+    numeric = [isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+               for v in values]
+    if any(numeric) and not all(numeric):
+        raise ValueError("labels must be all numbers or all strings; got a mix "
+                         f"(e.g. {values[numeric.index(True)]!r} and "
+                         f"{values[numeric.index(False)]!r}).")
+    if any(isinstance(v, float) and v != v for v in values):
+        raise ValueError("labels contain NaN: give every box a label.")
 
 
 def _encode(labels, classes):
@@ -241,8 +274,8 @@ def _adapt_batchnorm(model, frozen_modules, images, batch_size, device):
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over all batches
         bn.train()
-    for start in range(0, len(images), batch_size):
-        batch = [t.to(device) for t in images[start:start + batch_size]]
+    for idx in _batches(list(range(len(images))), batch_size):
+        batch = [images[i].to(device) for i in idx]
         model.backbone(model.transform(batch)[0].tensors)
     for bn, momentum in zip(layers, momenta):
         bn.momentum = momentum
@@ -421,6 +454,17 @@ default="ssdlite320_mobilenet_v3_large"
         # whose parameters a grid search should reach.
         return BaseEstimator.get_params(self, deep=False)
 
+    def set_params(self, **params):
+        # sklearn would pass ``model__<name>`` on to the source detector,
+        # which every clone in a grid search shares: refuse, as get_params hides them.
+        nested = sorted(k for k in params if "__" in k)
+        if nested:
+            raise ValueError(
+                f"TransferDetector has no nested parameters ({', '.join(nested)}): the "
+                "source detector passed as model is read, never changed. Set the "
+                "parameters of the source before fitting it.")
+        return super().set_params(**params)
+
     # -- building -------------------------------------------------------------
     def _source(self):
         source = self.model
@@ -508,10 +552,8 @@ default="ssdlite320_mobilenet_v3_large"
         all_labels = [labels for _, labels in checked if len(labels)]
         if not all_labels:
             raise ValueError("targets hold no box: at least one labelled box is needed.")
-        try:
-            classes = np.unique(np.concatenate(all_labels))
-        except TypeError as exc:
-            raise ValueError(f"labels must be all numbers or all strings ({exc}).") from exc
+        _check_labels(all_labels)
+        classes = np.unique(np.concatenate(all_labels))
         device = resolve_device(self.device)
         with worker_threads(), seeded_torch(self._torch_seed(), device):
             name, model = self._make_model(classes)
@@ -548,10 +590,16 @@ default="ssdlite320_mobilenet_v3_large"
             _set_train_mode(model, frozen)
             order = torch.randperm(n).tolist()
             losses = []
-            for start in range(0, n, self.batch_size):
-                idx = order[start:start + self.batch_size]
-                loss_dict = model([images[i].to(device) for i in idx],
-                                  [targets[i] for i in idx])
+            for idx in _batches(order, self.batch_size):
+                try:
+                    loss_dict = model([images[i].to(device) for i in idx],
+                                      [targets[i] for i in idx])
+                except ValueError as exc:
+                    if "more than 1 value per channel" not in str(exc):
+                        raise
+                    raise ValueError(
+                        "This detector's trainable BatchNorm layers cannot learn from a "
+                        "single image; fit on at least 2 images.") from exc
                 loss = sum(loss_dict.values())
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -615,13 +663,18 @@ default="ssdlite320_mobilenet_v3_large"
     def score(self, images, targets):
         """Mean average precision at IoU 0.5 (mAP@0.5), in [0, 1].
 
-        Computed by ``torchmetrics.detection.MeanAveragePrecision`` over all
-        classes present in ``targets`` or in the predictions, with COCO's
-        conventions (at most the 100 best detections per image).
+        Computed by ``torchmetrics.detection.MeanAveragePrecision`` with
+        COCO's conventions: averaged over the classes that have ground-truth
+        boxes in ``targets`` (false positives of other classes do not count),
+        at most the 100 best detections per image. Needs the ``detection``
+        extra (``pip install "sktl[detection]"``).
         """
-        from torchmetrics.detection import MeanAveragePrecision
-
         check_is_fitted(self, "model_")
+        try:
+            from torchmetrics.detection import MeanAveragePrecision
+        except ImportError as exc:
+            raise ImportError('TransferDetector.score needs torchmetrics: pip install '
+                              '"sktl[detection]".') from exc
         checked = _validate_targets(targets, _validate_images(images))
         if not any(len(boxes) for boxes, _ in checked):
             raise ValueError("targets hold no box: mAP is undefined without ground truth.")

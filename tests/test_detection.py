@@ -343,6 +343,15 @@ def test_failed_refit_keeps_model(fitted, day):
     ([np.zeros((8, 8, 3), np.uint8)], [{"boxes": [[0, 0, 4, 4]]}], "'labels'"),
     ([np.zeros((8, 8, 3), np.uint8)], [{"boxes": np.zeros((0, 4)), "labels": []}],
      "no box"),
+    ([np.zeros((8, 8, 3), np.uint8)], [{"boxes": [[-3, 0, 4, 4]], "labels": [0]}],
+     "outside its 8x8 image"),
+    ([np.zeros((8, 6, 3), np.uint8)], [{"boxes": [[0, 0, 7, 4]], "labels": [0]}],
+     "outside its 6x8 image"),
+    ([np.zeros((8, 8, 3), np.uint8)] * 2,
+     [{"boxes": [[0, 0, 4, 4]], "labels": [1]}, {"boxes": [[0, 0, 4, 4]], "labels": ["a"]}],
+     "all numbers or all strings"),
+    ([np.zeros((8, 8, 3), np.uint8)], [{"boxes": [[0, 0, 4, 4]], "labels": [np.nan]}],
+     "NaN"),
 ])
 def test_bad_inputs(images, targets, match):
     with pytest.raises(ValueError, match=match):
@@ -359,6 +368,24 @@ def test_errors():
         TransferDetector().predict(scenes[0])
     with pytest.raises(ValueError, match="lr"):
         TransferDetector(lr=-1).fit(*scenes)
+    source = TransferDetector(lr=0.01)
+    with pytest.raises(ValueError, match="no nested parameters"):
+        TransferDetector(source).set_params(model__lr=123.0)
+    assert source.lr == 0.01
+
+
+def test_a_lone_last_image_joins_the_batch_before_it(day):
+    from sktl.detection import _batches
+
+    assert _batches(list(range(5)), 4) == [[0, 1, 2, 3, 4]]
+    assert _batches(list(range(6)), 4) == [[0, 1, 2, 3], [4, 5]]
+    assert _batches([7], 4) == [[7]]
+    images, targets = day
+    # SSDlite's training BatchNorm layers fail on a batch of one image.
+    det = TransferDetector(random_state=0, **{**FAST, "batch_size": 5}).fit(images, targets)
+    assert len(det.history_) == 1
+    with pytest.raises(ValueError, match="at least 2 images"):
+        TransferDetector(random_state=0, unfreeze="all", **FAST).fit(images[:1], targets[:1])
 
 
 @pytest.mark.integration
