@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 import torch
@@ -72,9 +73,11 @@ SUPCON_TEMPERATURE = 0.1
 
 
 # -- labels -------------------------------------------------------------------
-def check_few_shot_labels(targets):
+def check_few_shot_labels(targets, classes, pair_sampling, batch_size):
     """Contrastive pairs need two classes (negatives) and, in each class, two
-    examples (a positive pair); say which class falls short otherwise."""
+    examples (a positive pair), and a batch must be able to hold positive
+    pairs; say what falls short otherwise (``classes``: the user's labels of
+    the codes in ``targets``)."""
     counts = np.bincount(targets)
     if len(counts) < 2:
         raise ValueError("strategy='contrastive' needs samples of at least two classes "
@@ -82,8 +85,17 @@ def check_few_shot_labels(targets):
     if counts.min() < 2:
         raise ValueError(
             f"strategy='contrastive' needs at least 2 examples of every class to "
-            f"build positive pairs; class index {int(counts.argmin())} has "
+            f"build positive pairs; class {np.asarray(classes)[int(counts.argmin())].tolist()!r} has "
             f"{int(counts.min())}. Use more labels, or strategy='finetune'.")
+    if pair_sampling == "batch" and batch_size < 2 * len(counts):
+        raise ValueError(
+            f"pair_sampling='batch' with {len(counts)} classes needs batch_size >= "
+            f"{2 * len(counts)} (two examples of every class per batch, or no batch "
+            f"holds a positive pair); got batch_size={batch_size}. Raise batch_size, "
+            "or use pair_sampling='pairs'.")
+    if pair_sampling == "pairs" and batch_size < 2:
+        raise ValueError("pair_sampling='pairs' needs batch_size >= 2 (a positive and a "
+                         f"negative pair per step); got batch_size={batch_size}.")
 
 
 # -- sampling -----------------------------------------------------------------
@@ -192,10 +204,12 @@ def contrastive_loss(embeddings, labels, mask, kind, temperature=SUPCON_TEMPERAT
             terms.append(((sim[pos] - 1.0) ** 2).mean())
         if neg.any():
             terms.append((sim[neg] ** 2).mean())
-        return sum(terms) / len(terms)
+        return sum(terms) / len(terms) if terms else sim.sum() * 0.0  # no pair: no step
+    anchors = pos.any(dim=1)  # anchors with at least one positive
+    if not anchors.any():  # undefined (0/0): a zero loss leaves the weights alone
+        return sim.sum() * 0.0
     logits = (sim / temperature).masked_fill(~mask, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    anchors = pos.any(dim=1)  # anchors with at least one positive
     per_anchor = (log_prob.masked_fill(~pos, 0.0).sum(dim=1)[anchors]
                   / pos.sum(dim=1)[anchors])
     return -per_anchor.mean()
@@ -348,19 +362,31 @@ class TextTopReader:
 
         return _frozen_token(backbone.module, self.trainable) == self._token
 
+    #: Reading cuts the shared fitted model in place (``_TextTopEncoder._cut``),
+    #: and a full forward pass meanwhile would see the cut model: predictions
+    #: through a reader, from several threads, take turns.
+    lock = threading.RLock()
+    #: Sentences per chunk: token states (tokens x width floats per sentence)
+    #: are held for one chunk at a time, not for the whole input.
+    chunk_size = 2048
+
     def features(self, backbone, X, cache, batch_size, device, progress):
         """The backbone's embeddings of X (eval mode, no gradients)."""
         _, modules = backbone.blocks[self.n_frozen - 1]
-        rows = _token_states(backbone, X, modules[-1], cache, self.key, batch_size,
-                             device, progress)
-        encoder = _TextTopEncoder(backbone, rows, self.n_frozen - 1, device)
-        order = np.argsort([-len(r) for r in rows], kind="stable")
-        out = np.empty((len(rows), backbone.n_features), dtype=np.float32)
-        backbone.module.eval()
-        with torch.inference_mode():
-            for start in range(0, len(rows), batch_size):
-                idx = order[start:start + batch_size]
-                out[idx] = encoder(idx).float().cpu().numpy()
+        n = n_samples(X)
+        out = np.empty((n, backbone.n_features), dtype=np.float32)
+        with self.lock:
+            backbone.module.eval()
+            for first in range(0, n, self.chunk_size):
+                chunk = np.arange(first, min(first + self.chunk_size, n))
+                rows = _token_states(backbone, take(X, chunk), modules[-1], cache, self.key,
+                                     batch_size, device, progress)
+                encoder = _TextTopEncoder(backbone, rows, self.n_frozen - 1, device)
+                order = np.argsort([-len(r) for r in rows], kind="stable")
+                with torch.inference_mode():
+                    for start in range(0, len(rows), batch_size):
+                        idx = order[start:start + batch_size]
+                        out[first + idx] = encoder(idx).float().cpu().numpy()
         return out
 
 

@@ -123,18 +123,22 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         then the head is fitted on the tuned, L2-normalised embeddings
         (``head_C``). Usually the better choice with 8 to 64 labels per
         class. Needs ``unfreeze >= 1`` and two examples of every class;
-        ``early_stopping`` and ``domain_loss`` are for ``"finetune"`` only.
+        ``early_stopping``, ``domain_loss``, ``precision`` other than
+        ``"32"`` and ``accelerator`` are for ``"finetune"`` only.
         With ``0 < unfreeze < n_blocks_`` the frozen blocks run once per
         sentence (through ``cache``; BERT-like sentence encoders and
         backbones ``torch.fx`` can split) and each step runs the top only.
     pair_sampling : {"batch", "pairs"}, default="batch"
         ``"contrastive"`` only. ``"batch"``: class-balanced batches of
-        ``batch_size`` examples in which every pair counts. ``"pairs"``:
+        ``batch_size`` examples in which every pair counts (``batch_size``
+        must be at least twice the number of classes). ``"pairs"``:
         SetFit's list of pairs (per iteration, every example with one random
         positive and one random negative), ``batch_size`` pairs per step.
     pair_iterations : int, default=20
         ``"contrastive"`` only: SetFit's ``num_iterations``. Per epoch, every
-        example is drawn this many times; with ``"pairs"`` each draw makes
+        example is drawn this many times on average (``"batch"`` gives every
+        class an equal share of each batch, so examples of smaller classes
+        are drawn more often); with ``"pairs"`` each draw makes
         one positive and one negative pair, with ``"batch"`` it pairs the
         example with the rest of its batch. One epoch is
         ``ceil(pair_iterations * n_samples / batch_size)`` steps (``"batch"``)
@@ -307,6 +311,11 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         if self.domain_loss is not None:
             raise ValueError("domain_loss is not supported with strategy='contrastive'; "
                              "use strategy='finetune'.")
+        if getattr(self, "accelerator", None) is not None or self._precision() != "32":
+            raise ValueError(
+                "strategy='contrastive' trains in float32 in one process; set "
+                "precision='32' and accelerator=None, or use strategy='finetune' for "
+                "mixed precision and multi-process training.")
         if self.unfreeze == 0:
             raise ValueError(
                 "strategy='contrastive' tunes backbone blocks, but unfreeze=0 freezes "
@@ -319,7 +328,8 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
             rng = np.random.RandomState(seed)
             backbone, X, targets, n_classes, target_attrs, trainable = self._prepare_fit(
                 X, y, device)
-            check_few_shot_labels(targets)
+            check_few_shot_labels(targets, target_attrs["classes_"], self.pair_sampling,
+                                  self.batch_size)
             n_blocks = len(backbone.blocks)
             n_frozen = 0 if trainable is None else n_blocks - self.unfreeze
             encode = make_encoder(backbone, X, n_frozen, cache=resolve_cache(self.cache),
@@ -361,8 +371,14 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
 
     def _forward_in_memory(self, X, *, progress):
         reader = getattr(self, "_text_reader", None)
+        if reader is None:
+            return super()._forward_in_memory(X, progress=progress)
+        with reader.lock:  # no full forward pass while another thread cuts the model
+            return self._forward_through_reader(reader, X, progress=progress)
+
+    def _forward_through_reader(self, reader, X, *, progress):
         cache = resolve_cache(self.cache)
-        if reader is None or cache is None or not reader.valid(self.backbone_):
+        if cache is None or not reader.valid(self.backbone_):
             return super()._forward_in_memory(X, progress=progress)
         X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
         self.module_.to(self.device_)

@@ -236,7 +236,7 @@ def _check_labels(all_labels):
         raise ValueError("labels must be all numbers or all strings; got a mix "
                          f"(e.g. {values[numeric.index(True)]!r} and "
                          f"{values[numeric.index(False)]!r}).")
-    if any(isinstance(v, float) and v != v for v in values):
+    if any(isinstance(v, float) and np.isnan(v) for v in values):
         raise ValueError("labels contain NaN: give every box a label.")
 
 

@@ -394,6 +394,19 @@ def test_load_fashion_mnist_env_and_parser(tmp_path, monkeypatch):
         f.write(bytes([0, 0, 8, 1]) + np.asarray([5], ">u4").tobytes() + b"\x01")
     with pytest.raises(ValueError, match="IDX header"):
         load_fashion_mnist("test")
+    # Labels beyond the ten classes, a wrong image shape, a cut gzip file.
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([3, 1, 42, 1, 5]))
+    with pytest.raises(ValueError, match="labels 0..9"):
+        load_fashion_mnist("test")
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images[:, :27])
+    with pytest.raises(ValueError, match=r"expected \(n, 28, 28\)"):
+        load_fashion_mnist("test")
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    data = (tmp_path / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a complete gzip file"):
+        load_fashion_mnist("test")
 
 
 def test_load_fashion_mnist_missing(tmp_path):

@@ -202,11 +202,32 @@ def test_contrastive_schedule_sets_the_learning_rate_of_each_step(tiny_text_dir,
 
 
 def test_label_checks():
-    check_few_shot_labels(np.array([0, 0, 1, 1]))
-    with pytest.raises(ValueError, match="at least 2 examples of every class"):
-        check_few_shot_labels(np.array([0, 0, 1]))
+    names = np.array(["neg", "pos", "mixed"])
+    check_few_shot_labels(np.array([0, 0, 1, 1]), names, "batch", 4)
+    with pytest.raises(ValueError, match="class 'pos' has 1"):
+        check_few_shot_labels(np.array([0, 0, 1]), names, "batch", 4)
     with pytest.raises(ValueError, match="two classes"):
-        check_few_shot_labels(np.array([0, 0, 0]))
+        check_few_shot_labels(np.array([0, 0, 0]), names, "batch", 4)
+    # A batch too small for two examples of every class holds no positive pair.
+    with pytest.raises(ValueError, match="needs batch_size >= 6"):
+        check_few_shot_labels(np.array([0, 0, 1, 1, 2, 2]), names, "batch", 5)
+    check_few_shot_labels(np.array([0, 0, 1, 1, 2, 2]), names, "pairs", 5)
+    with pytest.raises(ValueError, match="needs batch_size >= 2"):
+        check_few_shot_labels(np.array([0, 0, 1, 1]), names, "pairs", 1)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "supcon"])
+def test_a_batch_without_positive_pairs_gives_a_zero_step(kind):
+    embeddings = torch.randn(3, 4, requires_grad=True)
+    labels = torch.tensor([0, 1, 2])  # no two alike: no positive pair
+    loss = contrastive_loss(embeddings, labels, ~torch.eye(3, dtype=torch.bool), kind)
+    if kind == "supcon":  # undefined there: a zero loss, not NaN
+        assert loss.item() == 0.0
+        loss.backward()
+        assert torch.equal(embeddings.grad, torch.zeros_like(embeddings))
+    one = contrastive_loss(embeddings[:1], labels[:1], torch.zeros(1, 1, dtype=torch.bool),
+                           kind)
+    assert one.item() == 0.0  # a single sentence: no pair at all
 
 
 # -- text backbone: cached prefix, unfreeze, reproducibility --------------------------
@@ -283,6 +304,24 @@ def test_prefix_rows_are_shared_through_the_cache(tiny_text_dir):
     cached = clf.predict_proba(X_test)  # top layers only, on cached rows
     uncached = clone(clf).set_params(cache=False).fit(X, y).predict_proba(X_test)
     np.testing.assert_allclose(cached, uncached, rtol=1e-4, atol=1e-5)
+    # Chunk by chunk (token states held for one chunk at a time): the same.
+    clf._text_reader.chunk_size = 3
+    np.testing.assert_allclose(clf.predict_proba(X_test), cached, rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_predictions_through_the_cached_prefix(tiny_text_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, y = _sentences(6, 0)
+    clf = _contrastive(tiny_text_dir, cache=FeatureCache(), pair_iterations=2).fit(X, y)
+    tests = [_sentences(3, seed)[0] for seed in range(8)]
+    expected = [clone(clf).set_params(cache=False).fit(X, y).predict_proba(t) for t in tests[:1]]
+    # The reader cuts the shared model in place: threads must take turns.
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(clf.predict_proba, tests * 3))
+    np.testing.assert_allclose(results[0], expected[0], rtol=1e-4, atol=1e-5)
+    for i, result in enumerate(results):
+        np.testing.assert_allclose(result, results[i % len(tests)], rtol=1e-5, atol=1e-6)
 
 
 def test_verbose_shows_a_progress_bar(tiny_text_dir, capsys):
@@ -349,6 +388,8 @@ def test_contrastive_on_a_vector_backbone_uses_the_split_prefix(blobs):
     ({"pair_iterations": 0}, "pair_iterations"),
     ({"contrastive_loss": "triplet"}, "contrastive_loss"),
     ({"contrastive_schedule": "cosine"}, "contrastive_schedule"),
+    ({"precision": "bf16"}, "precision='32'"),
+    ({"batch_size": 3}, "needs batch_size >= 4"),
 ])
 def test_errors(tiny_text_dir, params, match):
     X, y = _sentences(4, 0)

@@ -286,7 +286,7 @@ def test_safe_format_keeps_a_numpy_integer_seed(blobs, tmp_path):
 def test_refit_on_images_drops_the_array_fits_input_attributes(blobs):
     import pandas as pd
 
-    X, y = blobs
+    X, _ = blobs
     frame = pd.DataFrame(X, columns=[f"c{i}" for i in range(X.shape[1])])
     fe = FeatureExtractor(TinyNet, random_state=0).fit(frame)
     assert fe.n_features_in_ == X.shape[1] and hasattr(fe, "feature_names_in_")

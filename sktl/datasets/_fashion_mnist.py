@@ -58,8 +58,14 @@ def _parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
 def _read_idx(folder: Path, stem: str) -> np.ndarray:
     gz = folder / f"{stem}.gz"
     if gz.is_file():
-        with gzip.open(gz, "rb") as f:
-            return _parse_idx(f.read(), str(gz))
+        try:
+            with gzip.open(gz, "rb") as f:
+                data = f.read()
+        except (OSError, EOFError) as exc:  # truncated or not gzip at all
+            raise ValueError(
+                f"{gz} is not a complete gzip file ({exc}); reinstall it with "
+                "`apt-get install --reinstall -y dataset-fashion-mnist`.") from exc
+        return _parse_idx(data, str(gz))
     raw = folder / stem
     return _parse_idx(raw.read_bytes(), str(raw))
 
@@ -125,9 +131,15 @@ def load_fashion_mnist(split="train", *, path=None):
         )
     X = _read_idx(folder, stems[0])
     y = _read_idx(folder, stems[1])
-    if X.ndim != 3 or y.ndim != 1 or X.shape[0] != y.shape[0]:
+    if X.shape[1:] != (28, 28) or y.ndim != 1 or X.shape[0] != y.shape[0]:
         raise ValueError(
-            f"Fashion-MNIST files in {str(folder)!r} have inconsistent shapes: "
-            f"images {X.shape}, labels {y.shape}."
+            f"Fashion-MNIST files in {str(folder)!r} have the wrong shapes: "
+            f"images {X.shape} (expected (n, 28, 28)), labels {y.shape} (expected (n,))."
         )
-    return X.astype(np.uint8, copy=False), y.astype(np.int64)
+    if X.dtype != np.uint8 or y.dtype != np.uint8 or (y.size and y.max() > 9):
+        raise ValueError(
+            f"Fashion-MNIST files in {str(folder)!r} do not hold uint8 pixels and "
+            f"labels 0..9 (images {X.dtype}, labels {y.dtype}"
+            f"{f', up to {int(y.max())}' if y.size else ''})."
+        )
+    return X, y.astype(np.int64)
