@@ -87,12 +87,12 @@ def check_few_shot_labels(targets, classes, pair_sampling, batch_size):
             f"strategy='contrastive' needs at least 2 examples of every class to "
             f"build positive pairs; class {np.asarray(classes)[int(counts.argmin())].tolist()!r} has "
             f"{int(counts.min())}. Use more labels, or strategy='finetune'.")
-    if pair_sampling == "batch" and batch_size < 2 * len(counts):
+    if pair_sampling == "batch" and batch_size <= len(counts):
         raise ValueError(
-            f"pair_sampling='batch' with {len(counts)} classes needs batch_size >= "
-            f"{2 * len(counts)} (two examples of every class per batch, or no batch "
-            f"holds a positive pair); got batch_size={batch_size}. Raise batch_size, "
-            "or use pair_sampling='pairs'.")
+            f"pair_sampling='batch' with {len(counts)} classes needs batch_size > "
+            f"{len(counts)}: a batch gives every class a slot before any class a "
+            f"second one, so with batch_size={batch_size} no batch holds a positive "
+            "pair. Raise batch_size, or use pair_sampling='pairs'.")
     if pair_sampling == "pairs" and batch_size < 2:
         raise ValueError("pair_sampling='pairs' needs batch_size >= 2 (a positive and a "
                          f"negative pair per step); got batch_size={batch_size}.")
@@ -193,6 +193,10 @@ def contrastive_loss(embeddings, labels, mask, kind, temperature=SUPCON_TEMPERAT
     log-probability of its positives among all its pairs, at
     ``temperature`` (low: the hardest negatives dominate the gradient; high:
     every pair counts alike, closer to ``"cosine"``).
+
+    None where the loss is undefined (``"supcon"``: no positive pair;
+    ``"cosine"``: no pair at all): the step is skipped, as a zero loss would
+    still move the weights (weight decay, momentum).
     """
     z = nn.functional.normalize(embeddings, dim=1)
     sim = z @ z.T
@@ -204,10 +208,10 @@ def contrastive_loss(embeddings, labels, mask, kind, temperature=SUPCON_TEMPERAT
             terms.append(((sim[pos] - 1.0) ** 2).mean())
         if neg.any():
             terms.append((sim[neg] ** 2).mean())
-        return sum(terms) / len(terms) if terms else sim.sum() * 0.0  # no pair: no step
+        return sum(terms) / len(terms) if terms else None
     anchors = pos.any(dim=1)  # anchors with at least one positive
-    if not anchors.any():  # undefined (0/0): a zero loss leaves the weights alone
-        return sim.sum() * 0.0
+    if not anchors.any():
+        return None
     logits = (sim / temperature).masked_fill(~mask, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     per_anchor = (log_prob.masked_fill(~pos, 0.0).sum(dim=1)[anchors]
@@ -479,16 +483,18 @@ def contrastive_tune(module, encode, targets, *, pair_sampling, loss, n_iteratio
                 value = contrastive_loss(encode(idx), labels[idx],
                                          torch.as_tensor(mask, device=device), loss,
                                          temperature)
-                opt.zero_grad(set_to_none=True)
-                value.backward()
-                opt.step()
+                if value is not None:  # a batch without pairs to learn from: no step
+                    opt.zero_grad(set_to_none=True)
+                    value.backward()
+                    opt.step()
+                    running.append(float(value.detach()))
                 if scheduler is not None:
                     scheduler.step()
-                running.append(float(value.detach()))
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{running[-1]:.4f}")
-            losses.append(float(np.mean(running)))
+                    if running:
+                        bar.set_postfix(loss=f"{running[-1]:.4f}")
+            losses.append(float(np.mean(running)) if running else float("nan"))
     finally:
         module.eval()
         if bar is not None:

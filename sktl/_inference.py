@@ -49,15 +49,26 @@ def worker_threads():
 def seeded_torch(seed, device):
     """Seed torch for one fit and restore its random state afterwards.
 
-    The generators of ``device`` are forked too: ``torch.manual_seed`` alone
-    would leave the user's CUDA stream reseeded after a GPU fit.
+    Only the generators the fit uses are seeded: the CPU's, and on a CUDA
+    device that device's (forked too; seeding every GPU would reseed the
+    user's streams on the others, and forking them all would open a
+    context on each). Other devices (MPS, ...) are seeded by
+    ``torch.manual_seed``.
     """
-    cuda = torch.device(device).type == "cuda"
-    devices = list(range(torch.cuda.device_count())) if cuda else []
-    with torch.random.fork_rng(devices=devices):
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        with torch.random.fork_rng(devices=[]):
+            if dev.type == "cpu":
+                torch.random.default_generator.manual_seed(seed)
+            else:
+                torch.manual_seed(seed)
+            yield
+        return
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    with torch.random.fork_rng(devices=[index], device_type="cuda"):
         torch.random.default_generator.manual_seed(seed)
-        if cuda:
-            torch.cuda.manual_seed_all(seed)
+        with torch.cuda.device(index):
+            torch.cuda.manual_seed(seed)
         yield
 
 

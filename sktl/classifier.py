@@ -131,7 +131,8 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
     pair_sampling : {"batch", "pairs"}, default="batch"
         ``"contrastive"`` only. ``"batch"``: class-balanced batches of
         ``batch_size`` examples in which every pair counts (``batch_size``
-        must be at least twice the number of classes). ``"pairs"``:
+        must exceed the number of classes, so that a batch holds positive
+        pairs). ``"pairs"``:
         SetFit's list of pairs (per iteration, every example with one random
         positive and one random negative), ``batch_size`` pairs per step.
     pair_iterations : int, default=20

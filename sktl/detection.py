@@ -198,8 +198,9 @@ def _validate_targets(targets, images):
             raise ValueError(f"Target {i}: every box needs x2 > x1 and y2 > y1 "
                              "(xyxy format).")
         height, width = image.shape[-2:]
-        outside = ((boxes[:, :2] < 0).any(axis=1) | (boxes[:, 2] > width)
-                   | (boxes[:, 3] > height))
+        # A pixel of slack: annotation tools round box edges past the border.
+        outside = ((boxes[:, :2] < -_BOX_SLACK).any(axis=1)
+                   | (boxes[:, 2] > width + _BOX_SLACK) | (boxes[:, 3] > height + _BOX_SLACK))
         if outside.any():
             raise ValueError(
                 f"Target {i}: box {boxes[outside][0].tolist()} lies outside its "
@@ -213,6 +214,10 @@ def _validate_targets(targets, images):
                              f"{labels.shape}.")
         out.append((boxes, labels))
     return out
+
+
+#: Pixels a box may reach past the image border (rounded annotations).
+_BOX_SLACK = 1.0
 
 
 def _batches(indices, batch_size):
@@ -553,7 +558,10 @@ default="ssdlite320_mobilenet_v3_large"
         if not all_labels:
             raise ValueError("targets hold no box: at least one labelled box is needed.")
         _check_labels(all_labels)
-        classes = np.unique(np.concatenate(all_labels))
+        try:
+            classes = np.unique(np.concatenate(all_labels))
+        except TypeError as exc:  # e.g. None among strings
+            raise ValueError(f"labels must be all numbers or all strings ({exc}).") from exc
         device = resolve_device(self.device)
         with worker_threads(), seeded_torch(self._torch_seed(), device):
             name, model = self._make_model(classes)
@@ -599,7 +607,8 @@ default="ssdlite320_mobilenet_v3_large"
                         raise
                     raise ValueError(
                         "This detector's trainable BatchNorm layers cannot learn from a "
-                        "single image; fit on at least 2 images.") from exc
+                        "batch of one image; fit on at least 2 images with "
+                        f"batch_size >= 2 (got batch_size={self.batch_size}).") from exc
                 loss = sum(loss_dict.values())
                 if not torch.isfinite(loss):
                     raise FloatingPointError(

@@ -196,7 +196,7 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
 
     def _cache_key(self, backbone):
         """The key of this extractor's rows in the feature cache."""
-        # float32 rows keep their historical key; other precisions get their own.
+        # float32 rows have no precision setting in their key; others get their own.
         precision = getattr(self, "_fit_precision", self.precision)
         precision = {} if precision == "32" else {"precision": precision}
         return extraction_key(backbone, layer=self.layer, pooling=self.pooling, **precision)

@@ -345,7 +345,7 @@ def test_failed_refit_keeps_model(fitted, day):
      "no box"),
     ([np.zeros((8, 8, 3), np.uint8)], [{"boxes": [[-3, 0, 4, 4]], "labels": [0]}],
      "outside its 8x8 image"),
-    ([np.zeros((8, 6, 3), np.uint8)], [{"boxes": [[0, 0, 7, 4]], "labels": [0]}],
+    ([np.zeros((8, 6, 3), np.uint8)], [{"boxes": [[0, 0, 7.5, 4]], "labels": [0]}],
      "outside its 6x8 image"),
     ([np.zeros((8, 8, 3), np.uint8)] * 2,
      [{"boxes": [[0, 0, 4, 4]], "labels": [1]}, {"boxes": [[0, 0, 4, 4]], "labels": ["a"]}],
@@ -386,6 +386,22 @@ def test_a_lone_last_image_joins_the_batch_before_it(day):
     assert len(det.history_) == 1
     with pytest.raises(ValueError, match="at least 2 images"):
         TransferDetector(random_state=0, unfreeze="all", **FAST).fit(images[:1], targets[:1])
+    with pytest.raises(ValueError, match=r"batch_size >= 2 \(got batch_size=1\)"):
+        TransferDetector(random_state=0, **{**FAST, "batch_size": 1}).fit(images, targets)
+
+
+def test_boxes_may_reach_a_pixel_past_the_border():
+    from sktl.detection import _validate_images, _validate_targets
+
+    images = _validate_images([np.zeros((8, 8, 3), np.uint8)])
+    _validate_targets([{"boxes": [[-0.5, 0, 8.7, 8.3], [0, 0, 4, 4]], "labels": [0, 1]}],
+                      images)
+    with pytest.raises(ValueError, match="outside"):
+        _validate_targets([{"boxes": [[0, 0, 9.5, 4]], "labels": [0]}], images)
+    with pytest.raises(ValueError, match="all numbers or all strings"):
+        TransferDetector(**FAST).fit([np.zeros((8, 8, 3), np.uint8)] * 2,
+                                     [{"boxes": [[0, 0, 4, 4]], "labels": ["a"]},
+                                      {"boxes": [[0, 0, 4, 4]], "labels": [None]}])
 
 
 @pytest.mark.integration

@@ -423,8 +423,18 @@ def test_refit_with_another_method_drops_the_last_methods_state(domains):
     assert hasattr(est, "coral_matrix_")
     est.set_params(method="sa", n_components=2).fit(X, y)
     assert not hasattr(est, "coral_matrix_") and est.n_components_ == 2
+    assert hasattr(est, "source_components_")
     est.set_params(method="none").fit(X, y)
     assert not hasattr(est, "n_components_") and not hasattr(est, "components_")
+    assert not hasattr(est, "source_components_")
+    est.set_params(method="tca", n_components=2).fit(X, y)
+    est.set_params(method="coral").fit(X, y)
+    assert not any(hasattr(est, a) for a in ("X_fit_", "eigenvalues_", "n_components_"))
+    # Numbers in an object array (a column of a mixed DataFrame) mark domains too.
+    sample_domain = (y >= 0).astype(object)
+    np.testing.assert_allclose(
+        DomainAdaptTransformer("coral").fit(X, sample_domain=sample_domain).transform(X),
+        DomainAdaptTransformer("coral").fit(X, sample_domain=(y >= 0)).transform(X))
 
 
 def test_jda_leaves_unlabelled_source_rows_out_of_the_classes(domains):

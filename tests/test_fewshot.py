@@ -208,26 +208,40 @@ def test_label_checks():
         check_few_shot_labels(np.array([0, 0, 1]), names, "batch", 4)
     with pytest.raises(ValueError, match="two classes"):
         check_few_shot_labels(np.array([0, 0, 0]), names, "batch", 4)
-    # A batch too small for two examples of every class holds no positive pair.
-    with pytest.raises(ValueError, match="needs batch_size >= 6"):
-        check_few_shot_labels(np.array([0, 0, 1, 1, 2, 2]), names, "batch", 5)
-    check_few_shot_labels(np.array([0, 0, 1, 1, 2, 2]), names, "pairs", 5)
+    # A batch no larger than the number of classes holds no positive pair.
+    with pytest.raises(ValueError, match="needs batch_size > 3"):
+        check_few_shot_labels(np.array([0, 0, 1, 1, 2, 2]), names, "batch", 3)
+    check_few_shot_labels(np.array([0, 0, 1, 1, 2, 2]), names, "batch", 4)
+    check_few_shot_labels(np.array([0, 0, 1, 1, 2, 2]), names, "pairs", 3)
     with pytest.raises(ValueError, match="needs batch_size >= 2"):
         check_few_shot_labels(np.array([0, 0, 1, 1]), names, "pairs", 1)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "supcon"])
-def test_a_batch_without_positive_pairs_gives_a_zero_step(kind):
-    embeddings = torch.randn(3, 4, requires_grad=True)
+def test_a_batch_without_pairs_to_learn_from_is_skipped(kind):
+    embeddings = torch.randn(3, 4)
     labels = torch.tensor([0, 1, 2])  # no two alike: no positive pair
     loss = contrastive_loss(embeddings, labels, ~torch.eye(3, dtype=torch.bool), kind)
-    if kind == "supcon":  # undefined there: a zero loss, not NaN
-        assert loss.item() == 0.0
-        loss.backward()
-        assert torch.equal(embeddings.grad, torch.zeros_like(embeddings))
-    one = contrastive_loss(embeddings[:1], labels[:1], torch.zeros(1, 1, dtype=torch.bool),
-                           kind)
-    assert one.item() == 0.0  # a single sentence: no pair at all
+    assert (loss is None) == (kind == "supcon")  # SupCon is undefined (0/0) there
+    # A single sentence: no pair at all.
+    assert contrastive_loss(embeddings[:1], labels[:1], torch.zeros(1, 1, dtype=torch.bool),
+                            kind) is None
+
+
+def test_balanced_batches_hold_positives_once_larger_than_the_class_count():
+    targets = np.repeat(np.arange(10), 8)
+    rng = np.random.RandomState(0)
+    for idx, _ in balanced_batches(targets, 5, 11, rng):
+        assert np.bincount(targets[idx]).max() >= 2
+
+
+def test_pairs_sampling_skips_steps_without_a_positive_pair(tiny_text_dir):
+    X, y = _sentences(4, 0)
+    # Two pairs per step under SupCon: a step with two negative pairs has no
+    # positive, is skipped, and the loss stays finite.
+    clf = _contrastive(tiny_text_dir, pair_sampling="pairs", contrastive_loss="supcon",
+                       batch_size=2, pair_iterations=2).fit(X, y)
+    assert np.isfinite(clf.history_[-1, "contrastive_loss"])
 
 
 # -- text backbone: cached prefix, unfreeze, reproducibility --------------------------
@@ -307,6 +321,20 @@ def test_prefix_rows_are_shared_through_the_cache(tiny_text_dir):
     # Chunk by chunk (token states held for one chunk at a time): the same.
     clf._text_reader.chunk_size = 3
     np.testing.assert_allclose(clf.predict_proba(X_test), cached, rtol=1e-5, atol=1e-6)
+
+
+def test_predictions_through_the_reader_take_its_lock(tiny_text_dir):
+    import threading
+
+    X, y = _sentences(6, 0)
+    clf = _contrastive(tiny_text_dir, cache=FeatureCache(), pair_iterations=2).fit(X, y)
+    done = threading.Event()
+    with clf._text_reader.lock:  # another thread is reading through the cut model
+        worker = threading.Thread(target=lambda: (clf.predict_proba(X[:2]), done.set()))
+        worker.start()
+        assert not done.wait(1.0)  # it waits its turn
+    worker.join(30)
+    assert done.is_set()
 
 
 def test_concurrent_predictions_through_the_cached_prefix(tiny_text_dir):
@@ -389,7 +417,7 @@ def test_contrastive_on_a_vector_backbone_uses_the_split_prefix(blobs):
     ({"contrastive_loss": "triplet"}, "contrastive_loss"),
     ({"contrastive_schedule": "cosine"}, "contrastive_schedule"),
     ({"precision": "bf16"}, "precision='32'"),
-    ({"batch_size": 3}, "needs batch_size >= 4"),
+    ({"batch_size": 2}, "needs batch_size > 2"),
 ])
 def test_errors(tiny_text_dir, params, match):
     X, y = _sentences(4, 0)

@@ -295,6 +295,36 @@ def test_refit_on_images_drops_the_array_fits_input_attributes(blobs):
     assert not hasattr(fe, "n_features_in_") and not hasattr(fe, "feature_names_in_")
 
 
+@pytest.mark.parametrize("device, forked, seeded", [
+    ("cpu", [], False),
+    ("cuda", [0], True),
+    ("cuda:1", [1], True),
+])
+def test_seeded_torch_forks_and_seeds_only_the_fit_device(monkeypatch, device, forked,
+                                                          seeded):
+    import contextlib
+
+    from sktl._inference import seeded_torch
+
+    calls = {"fork": None, "seed": []}
+
+    @contextlib.contextmanager
+    def fork_rng(devices, device_type="cuda"):
+        calls["fork"] = devices
+        yield
+
+    monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda i: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "manual_seed", calls["seed"].append)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: calls["seed"].append(s))
+    with seeded_torch(7, device):
+        pass
+    # A GPU fit forks and seeds its own device only (not the user's other GPUs).
+    assert calls["fork"] == forked
+    assert calls["seed"] == ([7] if seeded else [])
+
+
 def test_a_fit_leaves_the_global_torch_stream_alone(blobs):
     X, y = blobs
     torch.manual_seed(123)

@@ -160,9 +160,9 @@ def _pil_to_array(x):
         return np.asarray(x)
     if x.mode in ("I;16", "I;16B", "I;16L"):
         return np.asarray(x).astype(np.uint16)
-    if x.mode == "I":  # 32-bit integer mode: how Pillow opens 16-bit PNGs
+    if x.mode == "I":  # 32-bit integers: 8-bit content, or 16-bit (older Pillow's PNGs)
         arr = np.asarray(x)
-        if arr.size and arr.min() >= 0 and arr.max() <= 65535:
+        if arr.size and arr.min() >= 0 and 255 < arr.max() <= 65535:
             return arr.astype(np.uint16)
         return arr
     if x.mode in ("I", "F", "L"):  # "I" beyond the 16-bit range: as stored

@@ -309,9 +309,10 @@ def _clip_components(n_components, limit, what):
 
 
 # Fitted attributes that only some methods set.
-_METHOD_ATTRIBUTES = ("alignment_matrix_", "components_", "coral_matrix_", "coupling_",
-                      "gamma_", "n_components_", "projection_", "source_fit_",
-                      "source_mapped_", "target_components_", "target_pseudo_labels_")
+_METHOD_ATTRIBUTES = ("X_fit_", "alignment_matrix_", "components_", "coral_matrix_",
+                      "coupling_", "eigenvalues_", "gamma_", "n_components_", "n_iter_",
+                      "projection_", "source_components_", "source_fit_", "source_mapped_",
+                      "target_components_", "target_pseudo_labels_")
 
 
 class DomainAdaptTransformer(TransformerMixin, BaseEstimator):

@@ -50,6 +50,11 @@ def domain_masks(y, sample_domain=None, *, n_samples=None):
     """
     if sample_domain is not None:
         domain = np.asarray(sample_domain)
+        if domain.dtype.kind == "O":  # numbers in an object array (a mixed DataFrame)
+            try:
+                domain = domain.astype(float)
+            except (TypeError, ValueError):
+                pass
         if domain.dtype.kind not in "biuf":
             raise TypeError(
                 f"sample_domain must be numeric or boolean (1 or True for source rows, "
