@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -191,10 +192,13 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                 X, y, device, encode)
             head = make_head(self.head, backbone.n_features, n_outputs).to(device)
             module = TransferModule(backbone.module, head, trainable)
-            history, reader = self._train(module, backbone, X, targets, device,
-                                          criterion or self._criterion)
+            history, reader, precomputed = self._train(module, backbone, X, targets, device,
+                                                       criterion or self._criterion)
         self._set_fitted(target_attrs, backbone, module, history, device,
                          len(backbone.blocks), reader)
+        # The frozen blocks ran once, in float32: predictions without the
+        # reader must run them so too (see _float32_prefix).
+        self._frozen_in_float32 = precomputed
         return self
 
     def _prepare_fit(self, X, y, device, encode=None):
@@ -224,6 +228,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         self.device_ = device
         self.n_blocks_ = n_blocks
         self._frozen_reader = reader
+        self._frozen_in_float32 = False
 
     # -- mixed precision and distributed training. ``precision`` and
     # ``accelerator`` are parameters of the subclasses that declare them;
@@ -296,7 +301,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             if domain is not None:  # training-only: not part of the fitted model
                 del trained.domain
                 trained.__dict__.pop("last_features", None)
-        return net.history, reader
+        return net.history, reader, precomputed is not None
 
     def _domain_loss_module(self, backbone):
         """The domain loss for ``domain_loss`` (classifiers only), or None."""
@@ -368,17 +373,23 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         reader = getattr(self, "_frozen_reader", None)
         cache = resolve_cache(self.cache)
         precision = self._precision()
+        if precision == "fp16" and torch.device(self.device_).type != "cuda":
+            # A GPU-trained fp16 model unpickled on a CPU machine still predicts.
+            warnings.warn("precision='fp16' needs a CUDA device; this model runs on "
+                          f"{self.device_!r} and predicts in float32.", UserWarning,
+                          stacklevel=4)
+            precision = "32"
         check_precision(precision, self.device_)
         with worker_threads():
-            if self.unfreeze == 0 and precision != "32" and (reader is None or cache is None):
-                # The head was trained on float32 features (see _precompute):
-                # read them in float32 here too, with no cache or reader.
-                features = forward_batches(self.backbone_.module, self.backbone_.preprocess, X,
-                                           desc="features", **run)
+            no_reader = reader is None or cache is None or not reader.valid()
+            parts = self._float32_prefix(X) if no_reader and precision != "32" else None
+            if parts is not None:
+                frozen, top, pool = parts
+                inputs = forward_batches(frozen, self.backbone_.preprocess, X,
+                                         desc="frozen blocks", pool=pool, **run)
                 with autocast(precision, self.device_):
-                    return forward_batches(self.module_.head, _as_tensor, features,
-                                           desc="predict", **run)
-            if reader is None or cache is None or not reader.valid():
+                    return forward_batches(top, _as_tensor, inputs, desc="predict", **run)
+            if no_reader:
                 with autocast(precision, self.device_):
                     return forward_batches(self.module_, self.backbone_.preprocess, X,
                                            desc="predict", **run)
@@ -389,6 +400,23 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                                      pool=reader.pool, **run)
             with autocast(precision, self.device_):
                 return forward_batches(reader.top, _as_tensor, frozen, desc="predict", **run)
+
+    def _float32_prefix(self, X):
+        """``(frozen part, trained top, pool)`` when the fit ran the frozen
+        blocks once in float32 (``_precompute``) under a lower ``precision``,
+        else None: a model without its reader (pickled, ``cache=False``)
+        predicts as it was trained."""
+        if not getattr(self, "_frozen_in_float32", False):
+            return None
+        if self.unfreeze == 0:
+            return self.backbone_.module, self.module_.head, True
+        n_frozen = len(self.backbone_.blocks) - self.unfreeze
+        split = split_frozen_prefix(self.backbone_, n_frozen, X, self.device_)
+        if split is None:
+            return None
+        return (split.prefix,
+                TransferModule(split.suffix, self.module_.head, self.module_.trainable_blocks),
+                False)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

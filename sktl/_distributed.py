@@ -41,7 +41,7 @@ def check_precision(precision, device, accelerator=None):
                 f"mixed_precision={theirs!r}; with an accelerator, set mixed precision on "
                 f"it (Accelerator(mixed_precision={_ACCELERATE_NAMES[precision]!r})) and "
                 "leave precision='32'.")
-        return
+        device = accelerator.device  # where the accelerator puts the model
     if precision == "fp16" and _device_type(device) != "cuda":
         raise ValueError(
             f"precision='fp16' needs a CUDA device, but the model runs on {device!r}: "

@@ -62,6 +62,7 @@ def _cut_below(module, leaves, target):
     nodes = [n for n in top.graph.nodes if n.op == "call_module" and n.target == target]
     if len(nodes) != 1:  # the block runs twice, or not as a call: no clean cut
         return None
+    below = _parameters(module, _upstream(nodes[0]))
     inputs = [n for n in top.graph.nodes if n.op == "placeholder"]
     with top.graph.inserting_before(inputs[0]):
         cut = top.graph.placeholder("frozen_output")
@@ -71,9 +72,39 @@ def _cut_below(module, leaves, target):
         if node.users:  # the top reads the raw input again
             return None
         top.graph.erase_node(node)
+    # Nothing below the cut may be shared with the top (a block run on both
+    # sides, tied weights): the stored output would go stale as the top trains.
+    if below.keys() & _parameters(module, top.graph.nodes).keys():
+        return None
     top.delete_all_unused_submodules()
     top.recompile()
     return top
+
+
+def _upstream(node):
+    """``node`` and every node it depends on."""
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+    return seen
+
+
+def _parameters(module, nodes):
+    """The parameters ``nodes`` use (modules they call, tensors they read), by id."""
+    found = {}
+    for n in nodes:
+        if n.op == "call_module":
+            found.update((id(p), p) for p in module.get_submodule(n.target).parameters())
+        elif n.op == "get_attr":
+            try:
+                value = module.get_parameter(n.target)
+            except AttributeError:  # a buffer or a constant: never trained
+                continue
+            found[id(value)] = value
+    return found
 
 
 def split_frozen_prefix(backbone, n_frozen, X, device):

@@ -191,6 +191,10 @@ def load(path, *, device="auto"):
         module.__dict__["trainable_blocks"] = freeze(backbone, estimator.unfreeze)
         estimator.backbone_ = backbone
         estimator.module_ = module.to(device).eval()
+        # Whether the fit ran the frozen blocks once in float32 is not stored;
+        # it did whenever they could be split off (see _float32_prefix).
+        estimator._frozen_in_float32 = (estimator.unfreeze == 0
+                                        or bool(getattr(estimator, "cache_prefix", False)))
     estimator.device_ = device
     return estimator
 

@@ -64,13 +64,17 @@ def test_bf16_training_and_prediction_on_cpu(blobs):
     assert (mixed.predict(X) == full.predict(X)).mean() > 0.95
 
 
-def test_bf16_frozen_backbone_predicts_alike_with_or_without_the_cache(blobs):
+@pytest.mark.parametrize("unfreeze", [0, 1])
+def test_bf16_frozen_blocks_predict_alike_with_or_without_the_cache(blobs, unfreeze):
     import pickle
 
     X, y = blobs
-    params = {"unfreeze": 0, "max_epochs": 3, "lr": 0.02, "random_state": 0,
+    params = {"unfreeze": unfreeze, "max_epochs": 3, "lr": 0.02, "random_state": 0,
               "precision": "bf16"}
-    body = _mlp()  # copied by each classifier: the same weights
+    # Copied by each classifier: the same weights. Two blocks: with unfreeze=1
+    # the first one runs once, in float32, and the second trains on its output.
+    body = nn.Sequential(nn.Sequential(nn.Linear(5, 16), nn.ReLU()),
+                         nn.Sequential(nn.Linear(16, 16), nn.ReLU()))
     cached = TransferClassifier(body, **params).fit(X, y)
     proba = cached.predict_proba(X)
     # Unpickled (no frozen reader) and cache-less models read the features in
@@ -104,6 +108,17 @@ def test_fp16_needs_cuda(make, blobs):
     X, y = blobs
     with pytest.raises(ValueError, match="fp16.*CUDA"):
         make().fit(X, y)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_an_fp16_model_on_a_cpu_predicts_in_float32(blobs):
+    X, y = blobs
+    clf = TransferClassifier(_mlp(), max_epochs=1, random_state=0).fit(X, y)
+    expected = clf.predict_proba(X)
+    # As a GPU-trained fp16 model unpickled on a CPU-only machine.
+    clf.set_params(precision="fp16")
+    with pytest.warns(UserWarning, match="predicts in float32"):
+        np.testing.assert_array_equal(clf.predict_proba(X), expected)
 
 
 def test_accelerator_is_kept_by_clone_and_checked_against_precision(blobs, tmp_path):

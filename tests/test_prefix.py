@@ -129,3 +129,36 @@ def test_validation_loss_is_measured_on_the_held_out_rows(images, cache_prefix):
     proba = clf.predict_proba(X[valid_idx])
     expected = -np.mean(np.log(proba[np.arange(len(valid_idx)), y[valid_idx]]))
     assert clf.history_[-1]["valid_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+class SharedAcrossTheCut(nn.Module):
+    """A block that runs below and above the cut (weights used on both sides)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(4, 4)
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.shared(self.a(self.shared(x)))
+
+
+def test_weights_used_on_both_sides_of_the_cut_are_not_split():
+    from sktl.backbones import Backbone
+    from sktl.backbones._inputs import ArrayPreprocessor
+
+    module = SharedAcrossTheCut()
+    bb = Backbone(module=module, blocks=[("a", [module.a]), ("shared", [module.shared])],
+                  preprocess=ArrayPreprocessor(), input_kind="array", spec={})
+    X = np.random.RandomState(0).randn(3, 4).astype(np.float32)
+    # The prefix's output would use the weights the top trains: no split.
+    assert split_frozen_prefix(bb, 1, X, "cpu") is None
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    tied[1].weight = tied[0].weight
+    bb = Backbone(module=tied, blocks=[("0", [tied[0]]), ("1", [tied[1]])],
+                  preprocess=ArrayPreprocessor(), input_kind="array", spec={})
+    assert split_frozen_prefix(bb, 1, X, "cpu") is None
+    untied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    bb = Backbone(module=untied, blocks=[("0", [untied[0]]), ("1", [untied[1]])],
+                  preprocess=ArrayPreprocessor(), input_kind="array", spec={})
+    assert split_frozen_prefix(bb, 1, X, "cpu") is not None

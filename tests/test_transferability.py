@@ -221,6 +221,23 @@ def test_rank_backbones(score):
         rank_backbones(X, y, {"a": Noise(4)}, score="bogus")
 
 
+def test_rank_backbones_task_for_whole_number_regression_targets():
+    rng = np.random.RandomState(0)
+    X = rng.rand(200, 4).astype(np.float32)
+    y = np.round(20 * X[:, 0])  # a count-like target: whole numbers, 21 values
+    candidates = {"noise": Noise(4), "informative": PassThrough(4)}
+    ranking = rank_backbones(X, y, candidates, task="regression", device="cpu")
+    expected = logme_score(X, y, task="regression")
+    assert list(ranking["backbone"])[0] == "informative"
+    assert ranking["score"].iloc[0] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="use score='logme'"):
+        rank_backbones(X, y, candidates, score="hscore", task="regression")
+    with pytest.raises(ValueError, match="task must be"):
+        rank_backbones(X, y, candidates, task="counts")
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        rank_backbones(X, y[:-1], candidates)
+
+
 def test_rank_backbones_without_pandas(monkeypatch):
     import builtins
 

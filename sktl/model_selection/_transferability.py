@@ -16,6 +16,7 @@ into ``scoring=`` of scikit-learn's model-selection tools.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from numbers import Integral, Real
@@ -433,8 +434,8 @@ def hscore_scorer(estimator, X, y):
 _SCORES = {"logme": logme_score, "hscore": hscore}
 
 
-def rank_backbones(X, y, candidates, *, score="logme", batch_size=32, device="auto",
-                   verbose=0):
+def rank_backbones(X, y, candidates, *, score="logme", task="auto", batch_size=32,
+                   device="auto", verbose=0):
     """Rank candidate backbones for a target task by a transferability score.
 
     Each candidate's features of ``X`` are extracted once with a
@@ -457,6 +458,11 @@ def rank_backbones(X, y, candidates, *, score="logme", batch_size=32, device="au
     score : {"logme", "hscore"} or callable, default="logme"
         Transferability score; a callable is called as ``score(features, y)``
         and must return a float, higher meaning better.
+    task : {"auto", "classification", "regression"}, default="auto"
+        How ``score="logme"`` reads ``y`` (see :func:`logme_score`): say
+        ``"regression"`` for whole-number targets (counts, ages), which
+        ``"auto"`` takes for class labels. ``score="hscore"`` is for
+        classification only.
     batch_size : int, default=32
         Batch size of the extractors built here.
     device : str, default="auto"
@@ -487,17 +493,27 @@ def rank_backbones(X, y, candidates, *, score="logme", batch_size=32, device="au
     """
     from ..features import FeatureExtractor
 
+    if task not in ("auto", "classification", "regression"):
+        raise ValueError("task must be 'auto', 'classification' or 'regression'; "
+                         f"got {task!r}.")
     if isinstance(score, str):
         if score not in _SCORES:
             raise ValueError(f"score must be one of {sorted(_SCORES)} or a callable; "
                              f"got {score!r}.")
         score_func = _SCORES[score]
+        if score == "logme":
+            score_func = functools.partial(logme_score, task=task)
+        elif task == "regression":
+            raise ValueError(f"score={score!r} scores class labels; use score='logme' "
+                             "for regression targets.")
     elif callable(score):
         score_func = score
     else:
         raise TypeError(f"score must be a string or a callable; got {type(score).__name__}.")
     if not isinstance(candidates, dict) or not candidates:
         raise TypeError("candidates must be a non-empty dict: name -> backbone.")
+    if hasattr(X, "__len__") and not isinstance(X, (str, bytes)):
+        check_consistent_length(X, y)  # before any candidate's features are extracted
 
     rows = []
     for name, candidate in candidates.items():
