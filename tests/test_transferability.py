@@ -228,7 +228,7 @@ def test_rank_backbones_task_for_whole_number_regression_targets():
     candidates = {"noise": Noise(4), "informative": PassThrough(4)}
     ranking = rank_backbones(X, y, candidates, task="regression", device="cpu")
     expected = logme_score(X, y, task="regression")
-    assert list(ranking["backbone"])[0] == "informative"
+    assert ranking["backbone"].iloc[0] == "informative"
     assert ranking["score"].iloc[0] == pytest.approx(expected)
     with pytest.raises(ValueError, match="use score='logme'"):
         rank_backbones(X, y, candidates, score="hscore", task="regression")
