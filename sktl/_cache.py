@@ -272,15 +272,31 @@ class _DiskStore:
             if not groups:
                 return
             for group in groups.values():
-                try:
-                    name = self._write(key, list(group), np.stack(list(group.values())))
-                except OSError as exc:  # disk full, read-only...: still a memory cache
-                    warnings.warn(f"FeatureCache could not write to {self.root}: {exc}",
-                                  RuntimeWarning, stacklevel=3)
-                    continue
-                self._seen.setdefault(key, set()).add(name)
-                index.update(dict.fromkeys(group, name))
+                for part in self._shards(group):
+                    try:
+                        name = self._write(key, list(part), np.stack(list(part.values())))
+                    except OSError as exc:  # disk full, read-only...: still a memory cache
+                        warnings.warn(f"FeatureCache could not write to {self.root}: {exc}",
+                                      RuntimeWarning, stacklevel=3)
+                        break
+                    self._seen.setdefault(key, set()).add(name)
+                    index.update(dict.fromkeys(part, name))
         self.evict()
+
+    def _shards(self, group):
+        """``group`` (hash -> row) as one shard, or, beyond half of ``max_bytes``,
+        in shards of a quarter of it, oldest first: a store larger than the
+        bound then evicts only what it must (older shards, its own first
+        parts) and keeps its newest rows, instead of writing one shard too big
+        to keep after wiping the folder for it."""
+        items = list(group.items())
+        row_bytes = max(1, items[0][1].nbytes)
+        if row_bytes * len(items) <= self.max_bytes // 2:
+            yield group
+            return
+        per_shard = max(1, self.max_bytes // 4 // row_bytes)
+        for start in range(0, len(items), per_shard):
+            yield dict(items[start:start + per_shard])
 
     def _write(self, key, hashes, rows):
         raw = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(len(hashes), -1)

@@ -231,6 +231,20 @@ def test_disk_bound_evicts_least_recently_used_shards(tmp_path):
     assert found == {0: True, 1: False, 2: False, 3: True, 4: True}
 
 
+def test_a_store_larger_than_the_disk_bound_keeps_its_newest_rows(tmp_path):
+    small = FeatureCache(directory=tmp_path, max_disk_bytes=20_000)
+    small.store(KEY, *_batch(0))  # 10 rows of 400 bytes
+    hashes = [bytes([9, i % 256, i // 256]) * 5 + b"x" for i in range(120)]
+    rows = np.arange(120 * 100, dtype=np.float32).reshape(120, 100)
+    small.store(b"j" * 16, hashes, rows)  # 48 kB: more than the bound
+    assert 0 < small.disk_nbytes <= 20_000
+    # The newest rows are on disk for a fresh process, not a wiped folder.
+    fresh = FeatureCache(directory=tmp_path)
+    found = fresh.lookup(b"j" * 16, hashes)
+    assert found[-1] is not None and found[0] is None
+    np.testing.assert_array_equal(found[-1], rows[-1])
+
+
 def test_rows_evicted_from_memory_are_read_back_from_disk(tmp_path):
     cache = FeatureCache(max_bytes=3 * 400, directory=tmp_path, max_disk_bytes=1 << 20)
     hashes, rows = _batch(7)

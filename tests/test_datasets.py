@@ -350,6 +350,28 @@ def test_download_network_error(tmp_path, monkeypatch):
     assert list((tmp_path / "digits").iterdir()) == []
 
 
+def test_a_cut_download_tries_the_next_mirror(tmp_path, monkeypatch):
+    import http.client
+
+    rel = "office_caltech10_surf/amazon_SURF_L10.mat"
+    calls = []
+
+    class Cut(io.BytesIO):
+        def read(self, *args):
+            raise http.client.IncompleteRead(b"abc", 7)
+
+    def fake_open(url, timeout):
+        calls.append(url)
+        return Cut()
+
+    monkeypatch.setattr(_base, "_open_url", fake_open)
+    with pytest.raises(OSError, match="IncompleteRead") as info:
+        load_office_caltech("amazon", data_home=tmp_path, download_if_missing=True)
+    assert len(_base.URLS[rel]) > 1 and calls == list(_base.URLS[rel])  # every mirror tried
+    assert "SKTL_DATA" in str(info.value)
+    assert list((tmp_path / "office_caltech10_surf").iterdir()) == []
+
+
 def test_download_without_url(tmp_path, monkeypatch):
     monkeypatch.setitem(_base.URLS, "sentiment/cr/custrev.all", ())
     with pytest.raises(OSError, match="No public download location"):

@@ -12,6 +12,7 @@ Every file is identified by its path relative to ``data_home`` (for example
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import threading
@@ -255,8 +256,11 @@ def _download(relpath: str, target: Path) -> None:
             with _VERIFIED_LOCK:
                 _VERIFIED[(str(target), st.st_size, st.st_mtime_ns)] = actual
             return
-        except OSError as exc:  # URLError and HTTPError are OSErrors
-            errors.append(f"{url}: {exc}")
+        # URLError and HTTPError are OSErrors; a connection cut mid-body raises
+        # IncompleteRead (an HTTPException), a malformed URL ValueError: try
+        # the next mirror either way.
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            errors.append(f"{url}: {type(exc).__name__}: {exc}")
         finally:
             if tmp_name is not None and os.path.exists(tmp_name):
                 os.remove(tmp_name)
