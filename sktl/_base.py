@@ -27,17 +27,13 @@ from ._inference import (
     seeded_torch,
     worker_threads,
 )
-from ._prefix import FrozenReader, split_frozen_prefix
+from ._prefix import FrozenReader, prefix_storage, split_frozen_prefix
 from ._streaming import default_chunk_size, is_stream, map_chunks
 from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
 from .backbones import is_fitted_sktl_estimator, resolve_backbone
 from .backbones._inputs import n_samples, validate_images, validate_texts
 
 __all__ = ["BackboneEstimatorMixin", "TransferEstimator"]
-
-#: Above this size the frozen blocks' outputs are not stored: training runs
-#: through the frozen blocks every epoch instead (slower, no memory).
-PREFIX_MAX_BYTES = 2 << 30
 
 
 class BackboneEstimatorMixin:
@@ -339,10 +335,11 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         if not self.cache_prefix or n_frozen == 0:
             return None
         split = split_frozen_prefix(backbone, n_frozen, X, device)
-        if split is None or split.row_nbytes * n_samples(X) > PREFIX_MAX_BYTES:
+        if split is None:
             return None
-        if cache is not None and split.row_nbytes * n_samples(X) > cache.max_bytes // 2:
-            cache = None  # rows that would flush everything else from the cache
+        held, cache = prefix_storage(split.row_nbytes * n_samples(X), cache)
+        if not held:
+            return None
         key = None if cache is None else extraction_key(backbone, layer=split.block_name,
                                                          pooling=None)
         inputs = forward_batches(split.prefix, backbone.preprocess, X, desc="frozen blocks",

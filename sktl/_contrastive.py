@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _prefix
 from ._cache import extraction_key
 from ._inference import LayerOutput, call_module, forward_batches, to_device
-from ._prefix import split_frozen_prefix
+from ._prefix import prefix_storage, split_frozen_prefix
 from .backbones import pool_features
 from .backbones._inputs import n_samples, take
 
@@ -316,13 +317,17 @@ def _text_layers(backbone):
     return layers
 
 
-def _token_states(backbone, X, block, cache, key, batch_size, device, progress):
-    """Per sentence, the output of ``block`` at its real tokens (no padding)."""
+def _token_states(backbone, X, block, cache, key, batch_size, device, progress,
+                  max_bytes=None):
+    """Per sentence, the output of ``block`` at its real tokens (no padding);
+    ``None`` as soon as they pass ``max_bytes`` (their size is known only
+    once computed: texts differ in length)."""
     from ._cache import sample_hashes
 
     hashes = sample_hashes(X) if cache is not None else None
     rows = cache.lookup(key, hashes) if cache is not None else [None] * n_samples(X)
     missing = [i for i, r in enumerate(rows) if r is None]
+    nbytes = sum(r.nbytes for r in rows if r is not None)
     reader = LayerOutput(backbone.module, [block], pooling=None)
     starts = range(0, len(missing), batch_size)
     if progress and missing:
@@ -344,7 +349,11 @@ def _token_states(backbone, X, block, cache, key, batch_size, device, progress):
             lengths = batch["attention_mask"].sum(dim=1).tolist()
             for i, row, n in zip(idx, out.float().cpu().numpy(), lengths):
                 rows[i] = np.ascontiguousarray(row[:n])
-    if cache is not None and missing:
+                nbytes += rows[i].nbytes
+            if max_bytes is not None and nbytes > max_bytes:
+                return None
+    # Rows beyond half of the cache would flush every other row from it.
+    if missing and prefix_storage(nbytes, cache)[1] is not None:
         cache.store(key, [hashes[i] for i in missing], [rows[i] for i in missing])
     return rows
 
@@ -421,14 +430,18 @@ def make_encoder(backbone, X, n_frozen, *, cache, cache_prefix, batch_size, devi
         key = None if cache is None else extraction_key(
             backbone, layer=name, pooling=None, rows="token states, unpadded")
         rows = _token_states(backbone, X, modules[-1], cache, key, batch_size, device,
-                             progress)
+                             progress, max_bytes=_prefix.PREFIX_MAX_BYTES)
+        if rows is None:  # too large to hold: run the frozen layers every step
+            return _Encoder(backbone, X, device)
         encoder = _TextTopEncoder(backbone, rows, n_frozen - 1, device)
         if _matches(encoder, backbone, X, device):
             encoder.key = key
             return encoder
         return _Encoder(backbone, X, device)
     split = split_frozen_prefix(backbone, n_frozen, X, device)
-    if split is None:
+    held, cache = (False, None) if split is None else prefix_storage(
+        split.row_nbytes * n_samples(X), cache)
+    if not held:
         return _Encoder(backbone, X, device)
     key = None if cache is None else extraction_key(backbone, layer=split.block_name,
                                                      pooling=None)

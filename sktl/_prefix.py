@@ -27,7 +27,12 @@ from torch import fx, nn
 from ._inference import LayerOutput, call_module, to_device
 from .backbones._inputs import n_samples, take
 
-__all__ = ["FrozenReader", "PrefixSplit", "split_frozen_prefix"]
+__all__ = ["PREFIX_MAX_BYTES", "FrozenReader", "PrefixSplit", "prefix_storage",
+           "split_frozen_prefix"]
+
+#: Most bytes of frozen-block outputs held in memory for one fit; beyond it
+#: the fit runs through the frozen blocks every step instead.
+PREFIX_MAX_BYTES = 2 << 30
 
 
 @dataclass
@@ -42,6 +47,19 @@ class PrefixSplit:
     prefix: nn.Module
     suffix: fx.GraphModule
     row_nbytes: int = 0
+
+
+def prefix_storage(nbytes, cache):
+    """Where ``nbytes`` of frozen-block outputs for one fit go: ``(held in
+    memory, cache to store them in)``. Beyond :data:`PREFIX_MAX_BYTES` they
+    are not held (the caller trains through the frozen blocks); beyond half
+    of the cache they are held but not stored there, where they would flush
+    every other row."""
+    if nbytes > PREFIX_MAX_BYTES:
+        return False, None
+    if cache is not None and nbytes > cache.max_bytes // 2:
+        return True, None
+    return True, cache
 
 
 class _BlockTracer(fx.Tracer):

@@ -323,6 +323,40 @@ def test_prefix_rows_are_shared_through_the_cache(tiny_text_dir):
     np.testing.assert_allclose(clf.predict_proba(X_test), cached, rtol=1e-5, atol=1e-6)
 
 
+def test_token_states_beyond_the_memory_bound_are_not_held(tiny_text_dir, monkeypatch):
+    """Past PREFIX_MAX_BYTES the fit runs through the frozen layers instead
+    of holding every training sentence's token states; same model."""
+    import sktl._prefix as prefix
+
+    X, y = _sentences(6, 0)
+    X_test, _ = _sentences(4, 2)
+    backbone = resolve_backbone(tiny_text_dir)
+    freeze(backbone, 2)
+    kept = make_encoder(backbone, X, 2, cache=None, cache_prefix=True, batch_size=3,
+                        device="cpu", progress=False)
+    expected = _contrastive(tiny_text_dir, cache=False, pair_iterations=2).fit(X, y)
+    monkeypatch.setattr(prefix, "PREFIX_MAX_BYTES", 1000)  # a few sentences' rows
+    cache = FeatureCache()
+    dropped = make_encoder(backbone, X, 2, cache=cache, cache_prefix=True, batch_size=3,
+                           device="cpu", progress=False)
+    assert type(kept).__name__ == "_TextTopEncoder"
+    assert type(dropped).__name__ == "_Encoder" and cache.nbytes == 0
+    clf = _contrastive(tiny_text_dir, cache=cache, pair_iterations=2).fit(X, y)
+    assert getattr(clf, "_text_reader", None) is None
+    np.testing.assert_allclose(clf.predict_proba(X_test), expected.predict_proba(X_test),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_token_states_beyond_half_the_cache_are_not_stored(tiny_text_dir):
+    X, y = _sentences(6, 0)
+    cache = FeatureCache(max_bytes=2000)  # the states take more than half of it
+    clf = _contrastive(tiny_text_dir, cache=cache, pair_iterations=2).fit(X, y)
+    assert cache.nbytes == 0
+    uncached = clone(clf).set_params(cache=False).fit(X, y)
+    np.testing.assert_allclose(clf.predict_proba(X), uncached.predict_proba(X),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_predictions_through_the_reader_take_its_lock(tiny_text_dir):
     import threading
 
@@ -407,6 +441,20 @@ def test_contrastive_on_a_vector_backbone_uses_the_split_prefix(blobs):
                              backbone_lr=1e-2, pair_iterations=5, random_state=0)
     assert clf.fit(X, y).score(X, y) > 0.9
     assert isinstance(clf.module_.head[0], nn.Module)
+
+
+def test_split_prefix_beyond_the_memory_bound_is_not_held(blobs, monkeypatch):
+    import sktl._prefix as prefix
+
+    X, _ = blobs
+    backbone = resolve_backbone(TinyNet(32))
+    backbone.module(torch.zeros(1, X.shape[1]))  # materialise the lazy layer
+    freeze(backbone, 1)
+    run = {"cache": None, "cache_prefix": True, "batch_size": 16, "device": "cpu",
+           "progress": False}
+    assert type(make_encoder(backbone, X, 1, **run)).__name__ == "_SplitEncoder"
+    monkeypatch.setattr(prefix, "PREFIX_MAX_BYTES", 32 * 4 * len(X) - 1)
+    assert type(make_encoder(backbone, X, 1, **run)).__name__ == "_Encoder"
 
 
 @pytest.mark.parametrize("params, match", [

@@ -83,6 +83,27 @@ def test_unsplittable_backbone_trains_through_its_frozen_blocks(images):
     assert clf.predict(X).shape == (len(X),)
 
 
+def test_frozen_outputs_beyond_the_memory_bound_are_not_held(images, monkeypatch):
+    import sktl._prefix as prefix
+
+    X, y = images
+    module, seen = counting(TinyCNN)
+    monkeypatch.setattr(prefix, "PREFIX_MAX_BYTES", 100)  # not one image's outputs
+    cache = FeatureCache()
+    TransferClassifier(module, unfreeze=1, max_epochs=3, random_state=0,
+                       cache=cache).fit(X, y)
+    assert sum(seen) >= 3 * len(X) and cache.nbytes == 0  # ran every epoch, nothing kept
+
+
+def test_frozen_outputs_beyond_half_the_cache_are_held_but_not_stored(images):
+    X, y = images
+    module, seen = counting(TinyCNN)
+    cache = FeatureCache(max_bytes=1000)  # far less than twice the outputs
+    TransferClassifier(module, unfreeze=1, max_epochs=3, random_state=0,
+                       cache=cache).fit(X, y)
+    assert sum(seen) < 2 * len(X) and cache.nbytes == 0  # ran once, not stored
+
+
 def test_grid_search_computes_frozen_outputs_once(images):
     X, y = images
     cache = FeatureCache()
