@@ -118,6 +118,17 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
     CR dev draws: 81.25 (82.0 / 84.5 / 79.0 / 80.8 / 80.0, about 295 s
     with other work on the CPUs), the record's 81.24 again: no gain, not
     taken to the test sets (dev-only script, not a parameter).
+  - WiSE-FT (Wortsman et al. 2022): after tuning, the encoder's weights
+    set to pretrained + a x (tuned - pretrained) and the logistic-regression
+    head refitted, for a in 0.3-0.9 and ``head_C`` in 1, 4, 16, all read off
+    the same record fits (same CR dev draws, N=64, seeds 0-4; about 60 s per
+    fit on an idle machine): the record 81.25 (84.25 / 82.75 / 79.0 / 80.0
+    / 80.25, the earlier session's figures again), a=0.5 81.3, a=0.7 81.35,
+    a=0.8 81.55 (83.75 / 83.75 / 79.75 / 80.0 / 80.5), a=0.3 80.35; C moves
+    none by more than 0.1. On 40-iteration fits (81.45 at a=1) a=0.6 and
+    0.8 give 81.65, with two of five draws lost. A third of a point or
+    less, draws going either way: not a parameter, not taken to the test
+    sets (dev-only script).
 
   SetFit's own recipe run inside sktl (pairs, cosine, 2e-5, linear)
   reproduces SetFit's accuracy, as it should. At N=64 (SST-2 dev, draws 0
