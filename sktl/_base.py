@@ -193,8 +193,11 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         self._set_fitted(target_attrs, backbone, module, history, device,
                          len(backbone.blocks), reader)
         # The frozen blocks ran once, in float32: predictions without the
-        # reader must run them so too (see _float32_prefix).
-        self._frozen_in_float32 = precomputed
+        # reader must run them so too (see _float32_prefix). Their count is
+        # fitted state: ``unfreeze`` may be set to another value after fit.
+        if precomputed:
+            n_blocks = len(backbone.blocks)
+            self._float32_frozen_blocks = n_blocks - (self.unfreeze or 0)
         return self
 
     def _prepare_fit(self, X, y, device, encode=None):
@@ -224,7 +227,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         self.device_ = device
         self.n_blocks_ = n_blocks
         self._frozen_reader = reader
-        self._frozen_in_float32 = False
+        self._float32_frozen_blocks = None
 
     # -- mixed precision and distributed training. ``precision`` and
     # ``accelerator`` are parameters of the subclasses that declare them;
@@ -403,11 +406,11 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         blocks once in float32 (``_precompute``) under a lower ``precision``,
         else None: a model without its reader (pickled, ``cache=False``)
         predicts as it was trained."""
-        if not getattr(self, "_frozen_in_float32", False):
+        n_frozen = getattr(self, "_float32_frozen_blocks", None)
+        if n_frozen is None:
             return None
-        if self.unfreeze == 0:
+        if n_frozen == len(self.backbone_.blocks):  # unfreeze=0: only the head trained
             return self.backbone_.module, self.module_.head, True
-        n_frozen = len(self.backbone_.blocks) - self.unfreeze
         split = split_frozen_prefix(self.backbone_, n_frozen, X, self.device_)
         if split is None:
             return None

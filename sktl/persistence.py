@@ -32,7 +32,8 @@ _CONFIG = "config.json"
 _WEIGHTS = "model.safetensors"
 # Fitted attributes stored in JSON, per estimator; arrays keep their dtype.
 _FITTED = ("classes_", "n_features_in_", "feature_names_in_", "n_blocks_",
-           "n_features_out_", "block_names_", "_y_mean", "_y_scale", "_y_1d")
+           "n_features_out_", "block_names_", "_y_mean", "_y_scale", "_y_1d",
+           "_float32_frozen_blocks")
 
 
 def _estimator_classes():
@@ -191,10 +192,6 @@ def load(path, *, device="auto"):
         module.__dict__["trainable_blocks"] = freeze(backbone, estimator.unfreeze)
         estimator.backbone_ = backbone
         estimator.module_ = module.to(device).eval()
-        # Whether the fit ran the frozen blocks once in float32 is not stored;
-        # it did whenever they could be split off (see _float32_prefix).
-        estimator._frozen_in_float32 = (estimator.unfreeze == 0
-                                        or bool(getattr(estimator, "cache_prefix", False)))
     estimator.device_ = device
     return estimator
 

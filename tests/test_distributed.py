@@ -84,6 +84,25 @@ def test_bf16_frozen_blocks_predict_alike_with_or_without_the_cache(blobs, unfre
     np.testing.assert_array_equal(plain.predict_proba(X), proba)
 
 
+@pytest.mark.parametrize("unfreeze", [0, 1, 2, "all"])
+def test_bf16_model_predicts_alike_after_save_load_and_set_params(blobs, tmp_path,
+                                                                  unfreeze):
+    """Whether the frozen blocks ran once in float32 is fitted state: saved,
+    and untouched by ``set_params(unfreeze=...)`` after the fit."""
+    from conftest import TinyNet
+
+    import sktl
+
+    X, y = blobs
+    clf = TransferClassifier(TinyNet, unfreeze=unfreeze, max_epochs=3, lr=0.02,
+                             random_state=0, precision="bf16", cache=False).fit(X, y)
+    proba = clf.predict_proba(X)
+    sktl.save(clf, tmp_path / "model")
+    np.testing.assert_array_equal(sktl.load(tmp_path / "model").predict_proba(X), proba)
+    clf.set_params(unfreeze=1 if unfreeze != 1 else "all")
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+
+
 def test_bf16_regressor_and_extractor(blobs):
     X, _ = blobs
     target = X[:, 0] - X[:, 1]
