@@ -182,7 +182,7 @@ def _validate_targets(targets, images):
     if len(targets) != len(images):
         raise ValueError(f"images and targets have different lengths: {len(images)} "
                          f"images, {len(targets)} targets.")
-    out = []
+    out, raw = [], []
     for i, (target, image) in enumerate(zip(targets, images)):
         if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
             raise ValueError(f"Target {i} must be a dict with keys 'boxes' and 'labels'.")
@@ -213,6 +213,9 @@ def _validate_targets(targets, images):
             raise ValueError(f"Target {i}: {boxes.shape[0]} boxes but labels of shape "
                              f"{labels.shape}.")
         out.append((boxes, labels))
+        # As given: numpy has already turned [1, "cat"] into ["1", "cat"].
+        raw.extend(np.asarray(target["labels"], dtype=object).ravel().tolist())
+    _check_labels(raw)
     return out
 
 
@@ -231,10 +234,10 @@ def _batches(indices, batch_size):
     return batches
 
 
-def _check_labels(all_labels):
-    """Labels of every box: all numbers or all strings, no NaN (before numpy
-    would turn a mix into strings, and NaN != NaN would fail the lookup)."""
-    values = [v for labels in all_labels for v in labels.tolist()]
+def _check_labels(values):
+    """Labels of every box, as given: all numbers or all strings, no NaN
+    (numpy would turn a mix into strings, and NaN != NaN would fail the
+    lookup)."""
     numeric = [isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
                for v in values]
     if any(numeric) and not all(numeric):
@@ -557,7 +560,6 @@ default="ssdlite320_mobilenet_v3_large"
         all_labels = [labels for _, labels in checked if len(labels)]
         if not all_labels:
             raise ValueError("targets hold no box: at least one labelled box is needed.")
-        _check_labels(all_labels)
         try:
             classes = np.unique(np.concatenate(all_labels))
         except TypeError as exc:  # e.g. None among strings

@@ -352,6 +352,10 @@ def test_failed_refit_keeps_model(fitted, day):
      "all numbers or all strings"),
     ([np.zeros((8, 8, 3), np.uint8)], [{"boxes": [[0, 0, 4, 4]], "labels": [np.nan]}],
      "NaN"),
+    # A mix within every target: numpy alone would make it ["1", "cat"].
+    ([np.zeros((8, 8, 3), np.uint8)] * 2,
+     [{"boxes": [[0, 0, 4, 4], [1, 1, 5, 5]], "labels": [1, "cat"]}] * 2,
+     r"got a mix \(e.g. 1 and 'cat'\)"),
 ])
 def test_bad_inputs(images, targets, match):
     with pytest.raises(ValueError, match=match):
