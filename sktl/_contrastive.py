@@ -318,10 +318,11 @@ def _text_layers(backbone):
 
 
 def _token_states(backbone, X, block, cache, key, batch_size, device, progress,
-                  max_bytes=None):
+                  max_bytes=None, bytes_before=0):
     """Per sentence, the output of ``block`` at its real tokens (no padding);
     ``None`` as soon as they pass ``max_bytes`` (their size is known only
-    once computed: texts differ in length)."""
+    once computed: texts differ in length). ``bytes_before``: what earlier
+    chunks of the same input took, counted against the cache's bound."""
     from ._cache import sample_hashes
 
     hashes = sample_hashes(X) if cache is not None else None
@@ -353,7 +354,7 @@ def _token_states(backbone, X, block, cache, key, batch_size, device, progress,
             if max_bytes is not None and nbytes > max_bytes:
                 return None
     # Rows beyond half of the cache would flush every other row from it.
-    if missing and prefix_storage(nbytes, cache)[1] is not None:
+    if missing and prefix_storage(bytes_before + nbytes, cache)[1] is not None:
         cache.store(key, [hashes[i] for i in missing], [rows[i] for i in missing])
     return rows
 
@@ -388,12 +389,14 @@ class TextTopReader:
         _, modules = backbone.blocks[self.n_frozen - 1]
         n = n_samples(X)
         out = np.empty((n, backbone.n_features), dtype=np.float32)
+        seen = 0  # bytes of the earlier chunks: a large input stops being stored
         with self.lock:
             backbone.module.eval()
             for first in range(0, n, self.chunk_size):
                 chunk = np.arange(first, min(first + self.chunk_size, n))
                 rows = _token_states(backbone, take(X, chunk), modules[-1], cache, self.key,
-                                     batch_size, device, progress)
+                                     batch_size, device, progress, bytes_before=seen)
+                seen += sum(r.nbytes for r in rows)
                 encoder = _TextTopEncoder(backbone, rows, self.n_frozen - 1, device)
                 order = np.argsort([-len(r) for r in rows], kind="stable")
                 with torch.inference_mode():

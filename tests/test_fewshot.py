@@ -323,6 +323,23 @@ def test_prefix_rows_are_shared_through_the_cache(tiny_text_dir):
     np.testing.assert_allclose(clf.predict_proba(X_test), cached, rtol=1e-5, atol=1e-6)
 
 
+def test_a_large_input_predicted_in_chunks_does_not_flush_the_cache(tiny_text_dir):
+    from sktl._cache import sample_hashes
+
+    X, y = _sentences(6, 0)
+    probe = FeatureCache()
+    _contrastive(tiny_text_dir, cache=probe, pair_iterations=2).fit(X, y)
+    cache = FeatureCache(max_bytes=4 * probe.nbytes)  # the training rows: a quarter
+    clf = _contrastive(tiny_text_dir, cache=cache, pair_iterations=2).fit(X, y)
+    clf._text_reader.chunk_size = 3
+    X_big, _ = _sentences(30, 3)  # five times the training rows
+    clf.predict_proba(X_big)
+    # Storing stopped at half the cache: the training rows are still there.
+    rows = cache.lookup(clf._text_reader.key, sample_hashes(X))
+    assert all(r is not None for r in rows)
+    assert cache.nbytes <= cache.max_bytes
+
+
 def test_token_states_beyond_the_memory_bound_are_not_held(tiny_text_dir, monkeypatch):
     """Past PREFIX_MAX_BYTES the fit runs through the frozen layers instead
     of holding every training sentence's token states; same model."""
