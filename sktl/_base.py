@@ -4,6 +4,7 @@ reproducible seeding, cloning and pickling; and the fine-tuning core of
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import warnings
@@ -93,7 +94,16 @@ class BackboneEstimatorMixin:
 
     # -- pickling: torch objects go through torch.save so that a model fitted
     # on a GPU loads on a CPU-only machine (map_location).
+    def _model_lock(self):
+        """Held while the fitted model is read whole (pickled, saved, copied
+        as another estimator's backbone); see the classifier's override."""
+        return contextlib.nullcontext()
+
     def __getstate__(self):
+        with self._model_lock():
+            return self._picklable_state()
+
+    def _picklable_state(self):
         state = dict(super().__getstate__())  # may be self.__dict__ itself
         # Tied to this process's tensors; predictions fall back to the full
         # forward pass after unpickling.

@@ -365,8 +365,13 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
                              TextTopReader(backbone, n_frozen, key, trainable))
         return self
 
-    def __getstate__(self):
-        state = dict(super().__getstate__())
+    def _model_lock(self):
+        # A contrastive text reader cuts the model in place while it predicts.
+        reader = getattr(self, "_text_reader", None)
+        return super()._model_lock() if reader is None else reader.lock
+
+    def _picklable_state(self):
+        state = dict(super()._picklable_state())
         state.pop("_text_reader", None)  # tied to this process's tensors
         return state
 

@@ -142,7 +142,8 @@ def save(estimator, path):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / _CONFIG).write_text(json.dumps(config, indent=2))
     module = estimator.module_ if head is not None else estimator.backbone_.module
-    save_model(module, str(folder / _WEIGHTS))
+    with estimator._model_lock():
+        save_model(module, str(folder / _WEIGHTS))
 
 
 def _n_outputs(estimator):

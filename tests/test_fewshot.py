@@ -340,6 +340,61 @@ def test_a_large_input_predicted_in_chunks_does_not_flush_the_cache(tiny_text_di
     assert cache.nbytes <= cache.max_bytes
 
 
+@pytest.mark.parametrize("read", ["pickle", "save", "backbone copy"])
+def test_the_model_is_not_read_while_a_prediction_cuts_it(tiny_text_dir, monkeypatch, read,
+                                                          tmp_path):
+    """A reader prediction swaps the encoder's embeddings and layer list for
+    a moment; pickling or reusing the model as a backbone meanwhile waits."""
+    import contextlib
+    import threading
+
+    import sktl
+    import sktl._contrastive as contrastive
+    from sktl import FeatureExtractor
+
+    X, y = _sentences(6, 0)
+    # cache=True (the process's cache): a parameter sktl.save can write.
+    clf = _contrastive(tiny_text_dir, cache=True, pair_iterations=2).fit(X, y)
+    assert clf._text_reader is not None
+    expected = clf.predict_proba(X)
+    inside, release = threading.Event(), threading.Event()
+    cut = contrastive._TextTopEncoder._cut
+
+    @contextlib.contextmanager
+    def slow_cut(self):
+        with cut(self):
+            inside.set()
+            release.wait(10)
+            yield
+
+    monkeypatch.setattr(contrastive._TextTopEncoder, "_cut", slow_cut)
+    predicting = threading.Thread(target=clf.predict_proba, args=(X,))
+    predicting.start()
+    assert inside.wait(10)
+    copies = []
+    if read == "pickle":
+        target = lambda: copies.append(pickle.loads(pickle.dumps(clf)))
+    elif read == "save":
+        target = lambda: sktl.save(clf, tmp_path / "m")
+    else:
+        target = lambda: copies.append(
+            FeatureExtractor(clf, cache=False).fit(X[:2]))
+    reading = threading.Thread(target=target)
+    reading.start()
+    reading.join(0.5)
+    assert reading.is_alive()  # waits for the prediction to put the model back
+    release.set()
+    predicting.join()
+    reading.join()
+    monkeypatch.undo()
+    if read != "backbone copy":
+        copy = copies[0] if read == "pickle" else sktl.load(tmp_path / "m")
+        np.testing.assert_allclose(copy.predict_proba(X), expected, rtol=1e-4, atol=1e-5)
+    else:
+        z = FeatureExtractor(clf, cache=False).fit(X[:2]).transform(X)
+        np.testing.assert_allclose(copies[0].transform(X), z, rtol=1e-5, atol=1e-6)
+
+
 def test_token_states_beyond_the_memory_bound_are_not_held(tiny_text_dir, monkeypatch):
     """Past PREFIX_MAX_BYTES the fit runs through the frozen layers instead
     of holding every training sentence's token states; same model."""

@@ -141,7 +141,8 @@ def resolve_backbone(backbone, weights="DEFAULT"):
                 "(...) learned (random initialisation). Leave weights='DEFAULT' to "
                 "start from its fitted weights, or pass a checkpoint path."
             )
-        resolved = backbone.backbone_.copy()
+        with backbone._model_lock():  # not while a thread's predict cuts it
+            resolved = backbone.backbone_.copy()
         if weights != "DEFAULT":
             resolved.module.load_state_dict(load_state_dict_file(weights))
         return resolved
