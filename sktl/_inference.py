@@ -52,18 +52,32 @@ def seeded_torch(seed, device):
     Only the generators the fit uses are seeded: the CPU's, and on a CUDA
     device that device's (forked too; seeding every GPU would reseed the
     user's streams on the others, and forking them all would open a
-    context on each). Other devices (MPS, ...) are seeded by
-    ``torch.manual_seed``.
+    context on each). Other accelerators with a torch module holding one
+    generator (``torch.mps``, ...) have it saved, seeded and restored too.
     """
     dev = torch.device(device)
-    if dev.type != "cuda":
-        with torch.random.fork_rng(devices=[]):
-            if dev.type == "cpu":
-                torch.random.default_generator.manual_seed(seed)
-            else:
-                torch.manual_seed(seed)
+    if dev.type == "cuda":
+        with _cuda_seeded(seed, dev):
             yield
         return
+    accelerator = getattr(torch, dev.type, None) if dev.type != "cpu" else None
+    if not all(hasattr(accelerator, f) for f in ("get_rng_state", "set_rng_state",
+                                                  "manual_seed")):
+        accelerator = None
+    state = None if accelerator is None else accelerator.get_rng_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            if accelerator is not None:
+                accelerator.manual_seed(seed)
+            yield
+    finally:
+        if state is not None:
+            accelerator.set_rng_state(state)
+
+
+@contextlib.contextmanager
+def _cuda_seeded(seed, dev):
     index = torch.cuda.current_device() if dev.index is None else dev.index
     with torch.random.fork_rng(devices=[index], device_type="cuda"):
         torch.random.default_generator.manual_seed(seed)

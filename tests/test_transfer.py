@@ -325,6 +325,21 @@ def test_seeded_torch_forks_and_seeds_only_the_fit_device(monkeypatch, device, f
     assert calls["seed"] == ([7] if seeded else [])
 
 
+def test_seeded_torch_restores_an_mps_generator(monkeypatch):
+    from sktl._inference import seeded_torch
+
+    generator = {"state": "user's", "seeded": []}
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: generator["state"])
+    monkeypatch.setattr(torch.mps, "set_rng_state",
+                        lambda state: generator.update(state=state))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: generator.update(
+        state=f"seeded {seed}", seeded=[*generator["seeded"], seed]))
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: pytest.fail("seeds every device"))
+    with seeded_torch(7, "mps"):
+        assert generator["state"] == "seeded 7"
+    assert generator == {"state": "user's", "seeded": [7]}
+
+
 def test_a_fit_leaves_the_global_torch_stream_alone(blobs):
     X, y = blobs
     torch.manual_seed(123)
