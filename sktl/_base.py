@@ -123,8 +123,13 @@ class BackboneEstimatorMixin:
             location = None if torch.cuda.is_available() else "cpu"
             self.__dict__.update(torch.load(io.BytesIO(blob), map_location=location,
                                             weights_only=False))
-            if location == "cpu" and str(getattr(self, "device_", "cpu")).startswith("cuda"):
+            fitted_on = str(getattr(self, "device_", "cpu"))
+            if location == "cpu" and fitted_on.startswith("cuda"):
                 self.device_ = "cpu"
+            elif (fitted_on == "cpu" and getattr(self, "device", None) in (None, "auto")
+                  and location is None):
+                # device="auto" means this machine's GPU; predict moves the model.
+                self.device_ = "cuda"
 
 
 def _as_tensor(rows):

@@ -408,6 +408,22 @@ def test_device_validation(blobs):
     assert clf.device_ == "cpu"
 
 
+@pytest.mark.parametrize("device, expected", [("auto", "cuda"), ("cpu", "cpu")])
+def test_a_cpu_fit_with_device_auto_unpickles_onto_the_gpu(blobs, monkeypatch, device,
+                                                           expected):
+    """As on a GPU worker of a cluster (mocked: no GPU here); an explicit
+    device="cpu" stays on the CPU."""
+    import pickle
+
+    X, y = blobs
+    clf = TransferClassifier(TinyNet, device=device, max_epochs=1).fit(X, y)
+    fe = FeatureExtractor(TinyNet, device=device).fit(X)
+    assert clf.device_ == fe.device_ == "cpu"
+    blobs_ = pickle.dumps(clf), pickle.dumps(fe)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [pickle.loads(b).device_ for b in blobs_] == [expected, expected]
+
+
 def test_set_params_then_refit_starts_from_the_pretrained_backbone(blobs):
     """No warm start: every fit restarts from the backbone parameter."""
     X, y = blobs
