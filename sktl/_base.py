@@ -99,6 +99,17 @@ class BackboneEstimatorMixin:
         as another estimator's backbone); see the classifier's override."""
         return contextlib.nullcontext()
 
+    def _runnable_precision(self, precision):
+        """``precision`` on ``device_``: a GPU-trained fp16 model unpickled on
+        a CPU machine still predicts, in float32, with a warning."""
+        if precision == "fp16" and torch.device(self.device_).type != "cuda":
+            warnings.warn("precision='fp16' needs a CUDA device; this model runs on "
+                          f"{self.device_!r} and predicts in float32.", UserWarning,
+                          stacklevel=5)
+            precision = "32"
+        check_precision(precision, self.device_)
+        return precision
+
     def __getstate__(self):
         with self._model_lock():
             return self._picklable_state()
@@ -387,14 +398,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         run = {"batch_size": self.batch_size, "device": self.device_, "progress": progress}
         reader = getattr(self, "_frozen_reader", None)
         cache = resolve_cache(self.cache)
-        precision = self._precision()
-        if precision == "fp16" and torch.device(self.device_).type != "cuda":
-            # A GPU-trained fp16 model unpickled on a CPU machine still predicts.
-            warnings.warn("precision='fp16' needs a CUDA device; this model runs on "
-                          f"{self.device_!r} and predicts in float32.", UserWarning,
-                          stacklevel=4)
-            precision = "32"
-        check_precision(precision, self.device_)
+        precision = self._runnable_precision(self._precision())
         with worker_threads():
             no_reader = reader is None or cache is None or not reader.valid()
             parts = self._float32_prefix(X) if no_reader and precision != "32" else None

@@ -260,12 +260,15 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
         self.extractor_.to(self.device_)
         # Models pickled before these attributes existed: float32.
-        precision = getattr(self, "_fit_precision", getattr(self, "precision", "32"))
+        fitted = getattr(self, "_fit_precision", getattr(self, "precision", "32"))
+        precision = self._runnable_precision(fitted)
+        # Rows computed in float32 are not stored under the fp16 key.
+        cache = resolve_cache(self.cache) if precision == fitted else None
         with worker_threads(), autocast(precision, self.device_):
             return forward_batches(self.extractor_, self.backbone_.preprocess, X,
                                    batch_size=self.batch_size, device=self.device_,
                                    progress=progress, desc="features",
-                                   cache=resolve_cache(self.cache), key=self._extraction_key)
+                                   cache=cache, key=self._extraction_key)
 
     def get_feature_names_out(self, input_features=None):
         """Names ``featureextractor0``, ``featureextractor1``, ...

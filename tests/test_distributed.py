@@ -140,6 +140,21 @@ def test_an_fp16_model_on_a_cpu_predicts_in_float32(blobs):
         np.testing.assert_array_equal(clf.predict_proba(X), expected)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_an_fp16_extractor_on_a_cpu_transforms_in_float32(blobs):
+    from sktl import FeatureCache
+
+    X, _ = blobs
+    cache = FeatureCache()
+    fe = FeatureExtractor(_mlp(), cache=cache).fit(X)
+    expected = fe.transform(X)
+    cache.clear()
+    fe._fit_precision = "fp16"  # as a GPU-fitted fp16 extractor unpickled on a CPU
+    with pytest.warns(UserWarning, match="predicts in float32"):
+        np.testing.assert_array_equal(fe.transform(X), expected)
+    assert cache.nbytes == 0  # float32 rows are not stored under the fp16 key
+
+
 def test_accelerator_is_kept_by_clone_and_checked_against_precision(blobs, tmp_path):
     accelerate = pytest.importorskip("accelerate")
     from sklearn.base import clone
