@@ -24,8 +24,10 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
   C=1): every layer moves, as in SetFit, with SetFit's warm-up and linear
   decay, but each step is a class-balanced batch of 16 sentences in which
   every pair counts, under the supervised contrastive loss (SetFit: 16
-  listed pairs, up to 32 sentences, per step), so an epoch costs about a
-  third of SetFit's forward passes.
+  listed pairs, up to 32 sentences, per step, and 40 pairs per training
+  sentence where sktl takes 20 sentence slots per training sentence), so
+  an epoch costs about a quarter of SetFit's forward passes (fit time
+  ratio about 0.3, model loading and the head included).
   This is sktl's strategy of record: ``sktl_acc`` and
   ``fit_time_ratio_vs_setfit`` are its figures. Chosen on dev sets, never
   on a test set (N=8, seeds 0-4; SST-2 and SST-5: first 600 dev sentences;
