@@ -64,16 +64,21 @@ def seeded_torch(seed, device):
     if not all(hasattr(accelerator, f) for f in ("get_rng_state", "set_rng_state",
                                                   "manual_seed")):
         accelerator = None
-    state = None if accelerator is None else accelerator.get_rng_state()
+    state = None if accelerator is None else accelerator.get_rng_state(dev)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
             if accelerator is not None:
-                accelerator.manual_seed(seed)
+                # manual_seed seeds the current device: make it the fit's.
+                on_device = (accelerator.device(dev.index)
+                             if dev.index is not None and hasattr(accelerator, "device")
+                             else contextlib.nullcontext())
+                with on_device:
+                    accelerator.manual_seed(seed)
             yield
     finally:
         if state is not None:
-            accelerator.set_rng_state(state)
+            accelerator.set_rng_state(state, dev)
 
 
 @contextlib.contextmanager

@@ -244,7 +244,7 @@ def _check_labels(values):
         raise ValueError("labels must be all numbers or all strings; got a mix "
                          f"(e.g. {values[numeric.index(True)]!r} and "
                          f"{values[numeric.index(False)]!r}).")
-    if any(isinstance(v, float) and np.isnan(v) for v in values):
+    if any(isinstance(v, (float, np.floating)) and np.isnan(v) for v in values):
         raise ValueError("labels contain NaN: give every box a label.")
 
 

@@ -352,6 +352,8 @@ def test_failed_refit_keeps_model(fitted, day):
      "all numbers or all strings"),
     ([np.zeros((8, 8, 3), np.uint8)], [{"boxes": [[0, 0, 4, 4]], "labels": [np.nan]}],
      "NaN"),
+    ([np.zeros((8, 8, 3), np.uint8)],
+     [{"boxes": [[0, 0, 4, 4]], "labels": [np.float32("nan")]}], "NaN"),
     # A mix within every target: numpy alone would make it ["1", "cat"].
     ([np.zeros((8, 8, 3), np.uint8)] * 2,
      [{"boxes": [[0, 0, 4, 4], [1, 1, 5, 5]], "labels": [1, "cat"]}] * 2,

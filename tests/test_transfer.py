@@ -329,15 +329,41 @@ def test_seeded_torch_restores_an_mps_generator(monkeypatch):
     from sktl._inference import seeded_torch
 
     generator = {"state": "user's", "seeded": []}
-    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: generator["state"])
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda device: generator["state"])
     monkeypatch.setattr(torch.mps, "set_rng_state",
-                        lambda state: generator.update(state=state))
+                        lambda state, device: generator.update(state=state))
     monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: generator.update(
         state=f"seeded {seed}", seeded=[*generator["seeded"], seed]))
     monkeypatch.setattr(torch, "manual_seed", lambda seed: pytest.fail("seeds every device"))
     with seeded_torch(7, "mps"):
         assert generator["state"] == "seeded 7"
     assert generator == {"state": "user's", "seeded": [7]}
+
+
+def test_seeded_torch_seeds_the_fit_device_of_a_numbered_accelerator(monkeypatch):
+    import contextlib
+
+    from sktl._inference import seeded_torch
+
+    calls = {"current": 0, "seeded_on": [], "states": []}
+
+    @contextlib.contextmanager
+    def on_device(index):
+        before, calls["current"] = calls["current"], index
+        yield
+        calls["current"] = before
+
+    monkeypatch.setattr(torch.xpu, "device", on_device)
+    monkeypatch.setattr(torch.xpu, "get_rng_state", lambda device: calls["states"].append(
+        ("get", str(device))) or "state")
+    monkeypatch.setattr(torch.xpu, "set_rng_state",
+                        lambda state, device: calls["states"].append(("set", str(device))))
+    monkeypatch.setattr(torch.xpu, "manual_seed",
+                        lambda seed: calls["seeded_on"].append(calls["current"]))
+    with seeded_torch(7, "xpu:1"):
+        pass
+    assert calls["seeded_on"] == [1]  # not the current device 0
+    assert calls["states"] == [("get", "xpu:1"), ("set", "xpu:1")]
 
 
 def test_a_fit_leaves_the_global_torch_stream_alone(blobs):
@@ -416,6 +442,7 @@ def test_a_cpu_fit_with_device_auto_unpickles_onto_the_gpu(blobs, monkeypatch, d
     import pickle
 
     X, y = blobs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # fitted on a CPU
     clf = TransferClassifier(TinyNet, device=device, max_epochs=1).fit(X, y)
     fe = FeatureExtractor(TinyNet, device=device).fit(X)
     assert clf.device_ == fe.device_ == "cpu"
