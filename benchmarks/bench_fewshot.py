@@ -202,11 +202,27 @@ ALL_DATASETS = ("sst2", "sst5", "cr")
 ALL_METHODS = ("probe", "setfit", "contrastive", "finetune")
 CONTRASTIVE = {"strategy": "contrastive", "unfreeze": "all", "backbone_lr": 5e-5,
                "pair_sampling": "batch", "contrastive_loss": "supcon",
-               "contrastive_schedule": "linear", "contrastive_temperature": 0.5,
-               "batch_size": 16}
+               "contrastive_schedule": "linear", "batch_size": 16}
+# The SupCon temperature by labelled sentences per class, each chosen on dev
+# sets (see above): a softer softmax at N=8, a sharper one at N=64.
+CONTRASTIVE_TEMPERATURE = {8: 0.5, 64: 0.1}
 FINETUNE = {"strategy": "finetune", "unfreeze": "all", "lr": 1e-3, "backbone_lr": 2e-5,
             "max_epochs": 20, "batch_size": 16}
-CONFIGS = {"contrastive": CONTRASTIVE, "finetune": FINETUNE}
+SKTL_METHODS = ("contrastive", "finetune")
+
+
+def temperature_for(n_per_class):
+    """The dev-chosen temperature of the nearest N on a log scale (an N of
+    22 or less takes N=8's, a larger one N=64's)."""
+    nearest = min(CONTRASTIVE_TEMPERATURE, key=lambda n: abs(np.log(n_per_class / n)))
+    return CONTRASTIVE_TEMPERATURE[nearest]
+
+
+def config(method, n_per_class):
+    """The parameters of sktl's ``method`` for ``n_per_class`` sentences per class."""
+    if method == "contrastive":
+        return {**CONTRASTIVE, "contrastive_temperature": temperature_for(n_per_class)}
+    return FINETUNE
 
 
 def _env_list(name, default):
@@ -277,7 +293,7 @@ def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache):
         fit_s = time.perf_counter() - start
         model.set_params(featureextractor__cache=test_cache)
     else:
-        params = CONFIGS[method]
+        params = config(method, len(y) // len(np.unique(y)))
         model = TransferClassifier(encoder, random_state=seed, cache=FeatureCache(), **params)
         model.fit(X, y)
         fit_s = time.perf_counter() - start
@@ -285,11 +301,11 @@ def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache):
     return 100.0 * float(model.score(X_test, y_test)), fit_s
 
 
-def _protocol(quick, n_test):
+def _protocol(quick, n_test, n_per_class):
     """What a stored draw was measured under: the test set and the
     configurations of sktl's strategies."""
-    return {"contrastive": {k: str(v) for k, v in CONTRASTIVE.items()},
-            "finetune": {k: str(v) for k, v in FINETUNE.items()},
+    return {**{m: {k: str(v) for k, v in config(m, n_per_class).items()}
+               for m in SKTL_METHODS},
             "quick": quick, "n_test": n_test}
 
 
@@ -298,10 +314,10 @@ def _reusable(stored, protocol, method):
     sktl's strategies, the same configuration (probe and SetFit have fixed
     settings and seeds, so their runs stay valid when sktl's change)."""
     same_test = all(stored[k] == protocol[k] for k in ("quick", "n_test"))
-    return same_test and (method not in CONFIGS or stored[method] == protocol[method])
+    return same_test and (method not in SKTL_METHODS or stored[method] == protocol[method])
 
 
-def _stored_draws(path, protocol):
+def _stored_draws(path, quick, n_test):
     """``{(data set, N, seed): {method: run}}`` read from a runs file."""
     draws = {}
     if not path or not os.path.exists(path):
@@ -311,6 +327,7 @@ def _stored_draws(path, protocol):
             record = json.loads(line)
             key = (record["dataset"], record["n"], record["seed"])
             for r in record["runs"]:
+                protocol = _protocol(quick, n_test, record["n"])
                 if _reusable(record["protocol"], protocol, r["method"]):
                     draws.setdefault(key, {})[r["method"]] = r
     return draws
@@ -342,9 +359,9 @@ def run(quick: bool) -> dict:
         X_pool, y_pool, X_test, y_test = load_split(name)
         if quick:
             X_test, y_test = X_test[:200], y_test[:200]
-        protocol = _protocol(quick, len(X_test))
-        stored = _stored_draws(runs_file, protocol)
+        stored = _stored_draws(runs_file, quick, len(X_test))
         for n in sizes:
+            protocol = _protocol(quick, len(X_test), n)
             for seed in range(first_seed, first_seed + n_seeds):
                 known = stored.get((name, n, seed), {})
                 missing = [m for m in methods if m not in known]

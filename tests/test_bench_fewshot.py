@@ -100,3 +100,22 @@ def test_runs_on_another_test_set_are_not_reused(bench, monkeypatch, tmp_path):
     monkeypatch.delenv("SKTL_FEWSHOT_SEEDS")
     bench.run(quick=True)  # --quick: first 200 test sentences, one seed
     assert sorted(bench.calls) == [("contrastive", 0), ("probe", 0), ("setfit", 0)]
+
+
+def test_the_temperature_follows_the_labelled_sentences_per_class(bench, monkeypatch, tmp_path):
+    assert [bench.config("contrastive", n)["contrastive_temperature"]
+            for n in (4, 8, 16, 22, 23, 32, 64, 256)] == [0.5] * 4 + [0.1] * 4
+    runs_file = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("SKTL_FEWSHOT_RUNS", str(runs_file))
+    monkeypatch.setenv("SKTL_FEWSHOT_N", "8,16")  # the pool has 20 per class
+    bench.run(quick=False)
+    records = [json.loads(line) for line in runs_file.read_text().splitlines()]
+    assert {r["protocol"]["contrastive"]["contrastive_temperature"] for r in records} == {"0.5"}
+    bench.calls.clear()
+    monkeypatch.setitem(bench.CONTRASTIVE_TEMPERATURE, 16, 0.1)  # now N=16 has its own
+    bench.run(quick=False)
+    # only N=16's contrastive runs are measured again, N=8's are read back
+    assert sorted(bench.calls) == [("contrastive", 0), ("contrastive", 1)]
+    last = [json.loads(line) for line in runs_file.read_text().splitlines()][-2:]
+    assert {(r["n"], r["protocol"]["contrastive"]["contrastive_temperature"]) for r in last} == {
+        (16, "0.1")}
