@@ -24,7 +24,9 @@ def _mlp():
 
 def test_torchrun_two_cpu_processes_train_the_same_model(tmp_path):
     pytest.importorskip("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Two CPU processes: a GPU left visible makes gloo's barrier pick
+    # cuda:<rank>, which a one-GPU machine lacks for rank 1.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc_per_node", "2", os.path.join(HERE, "ddp_fit.py"), str(tmp_path)]
     # Generous timeout: two fresh interpreters import torch, accelerate and

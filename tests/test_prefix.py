@@ -48,7 +48,7 @@ def test_prefix_caching_equals_training_through_frozen_blocks(images, extra):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
     # Frozen weights and BatchNorm statistics are untouched.
     for name, value in module.conv1.state_dict().items():
-        torch.testing.assert_close(fast.backbone_.module.conv1.state_dict()[name], value)
+        torch.testing.assert_close(fast.backbone_.module.conv1.state_dict()[name].cpu(), value)
 
 
 def test_torchvision_cnn_splits_at_every_depth():
