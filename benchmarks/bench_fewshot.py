@@ -415,7 +415,9 @@ def summarise(runs, methods, quick, n_test):
         beats = {k: out["sktl_acc"][k] >= out["setfit_acc"][k] for k in keys}
         out["sktl_beats_setfit"] = beats
         out["target_met"] = all(beats.values()) and out["fit_time_ratio_vs_setfit"] <= 1.0
-    out["contrastive_params"] = {k: str(v) for k, v in CONTRASTIVE.items()}
+    out["contrastive_params"] = {  # per N: the temperature follows N
+        str(n): {k: str(v) for k, v in config("contrastive", n).items()}
+        for n in sorted({r["n"] for r in runs})}
     out["finetune_params"] = {k: str(v) for k, v in FINETUNE.items()}
     out["n_test"] = n_test
     out["n_seeds"] = len({r["seed"] for r in runs})

@@ -153,7 +153,9 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         ``contrastive_loss="supcon"`` only: temperature of the softmax over
         each anchor's pairs. Low values (0.05-0.1) weight the hardest
         negatives most; higher ones (0.3-1) weight all pairs more alike and
-        move the encoder more gently.
+        move the encoder more gently. In the few-shot benchmark
+        (all-MiniLM-L6-v2, every layer, ``pair_sampling="batch"``) dev sets
+        chose 0.5 at 8 labelled sentences per class and 0.1 at 64.
     contrastive_epochs : int, default=1
         ``"contrastive"`` only: passes of the pair sampling.
     contrastive_schedule : {"constant", "linear"}, default="constant"

@@ -55,6 +55,7 @@ def test_finished_draws_are_read_back_from_the_runs_file(bench, monkeypatch, tmp
     again = bench.run(quick=False)
     assert bench.calls == []  # nothing measured twice
     assert again["runs"] == first["runs"]
+    assert again["contrastive_params"]["8"]["contrastive_temperature"] == "0.5"
 
     monkeypatch.setenv("SKTL_FEWSHOT_SEEDS", "3")  # one more draw: only it runs
     bench.run(quick=False)
