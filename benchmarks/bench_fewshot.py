@@ -222,7 +222,9 @@ def config(method, n_per_class):
     """The parameters of sktl's ``method`` for ``n_per_class`` sentences per class."""
     if method == "contrastive":
         return {**CONTRASTIVE, "contrastive_temperature": temperature_for(n_per_class)}
-    return FINETUNE
+    if method == "finetune":
+        return dict(FINETUNE)
+    raise ValueError(f"{method!r} is not one of sktl's strategies {SKTL_METHODS}.")
 
 
 def _env_list(name, default):
@@ -273,8 +275,9 @@ def _score_setfit(model, X, y):
     return float(np.mean(np.asarray(model.predict(list(X), batch_size=64)) == y))
 
 
-def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache):
-    """Fit one method on one draw: ``(accuracy %, fit seconds)``."""
+def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache, params=None):
+    """Fit one method on one draw: ``(accuracy %, fit seconds)``; ``params``
+    are the ``TransferClassifier`` parameters of sktl's strategies."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
@@ -293,7 +296,6 @@ def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache):
         fit_s = time.perf_counter() - start
         model.set_params(featureextractor__cache=test_cache)
     else:
-        params = config(method, len(y) // len(np.unique(y)))
         model = TransferClassifier(encoder, random_state=seed, cache=FeatureCache(), **params)
         model.fit(X, y)
         fit_s = time.perf_counter() - start
@@ -326,8 +328,8 @@ def _stored_draws(path, quick, n_test):
         for line in f:
             record = json.loads(line)
             key = (record["dataset"], record["n"], record["seed"])
+            protocol = _protocol(quick, n_test, record["n"])
             for r in record["runs"]:
-                protocol = _protocol(quick, n_test, record["n"])
                 if _reusable(record["protocol"], protocol, r["method"]):
                     draws.setdefault(key, {})[r["method"]] = r
     return draws
@@ -375,8 +377,10 @@ def run(quick: bool) -> dict:
                 order = missing if seed % 2 == 0 else missing[::-1]
                 draw_runs = []
                 for method in order:
+                    # the configuration the runs file records for this N
+                    params = config(method, n) if method in SKTL_METHODS else None
                     acc, fit_s = run_one(method, encoder, X, y, X_test, y_test, seed,
-                                         test_cache)
+                                         test_cache, params)
                     draw_runs.append({"dataset": name, "n": n, "seed": seed,
                                       "method": method, "acc": acc, "fit_s": fit_s})
                     print(f"  {name}-{n} seed {seed} {method:12s} acc {acc:5.1f}  "

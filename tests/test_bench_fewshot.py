@@ -23,8 +23,11 @@ def bench(monkeypatch):
         [f"s{i}" for i in range(40)], y, ["t0", "t1"], np.array([0, 1])))
     module.calls = []
 
-    def fake_run_one(method, encoder, X, y, X_test, y_test, seed, cache):
+    module.params = []
+
+    def fake_run_one(method, encoder, X, y, X_test, y_test, seed, cache, params=None):
         module.calls.append((method, seed))
+        module.params.append((method, len(y), params))
         return {"probe": 60.0, "setfit": 70.0, "contrastive": 71.0}[method] + seed, 2.0
     monkeypatch.setattr(module, "run_one", fake_run_one)
     for name, value in {"SKTL_FEWSHOT_DATASETS": "sst2", "SKTL_FEWSHOT_N": "8",
@@ -106,6 +109,8 @@ def test_runs_on_another_test_set_are_not_reused(bench, monkeypatch, tmp_path):
 def test_the_temperature_follows_the_labelled_sentences_per_class(bench, monkeypatch, tmp_path):
     assert [bench.config("contrastive", n)["contrastive_temperature"]
             for n in (4, 8, 16, 22, 23, 32, 64, 256)] == [0.5] * 4 + [0.1] * 4
+    with pytest.raises(ValueError, match="not one of sktl's strategies"):
+        bench.config("probe", 8)
     runs_file = tmp_path / "runs.jsonl"
     monkeypatch.setenv("SKTL_FEWSHOT_RUNS", str(runs_file))
     monkeypatch.setenv("SKTL_FEWSHOT_N", "8,16")  # the pool has 20 per class
@@ -120,3 +125,19 @@ def test_the_temperature_follows_the_labelled_sentences_per_class(bench, monkeyp
     last = [json.loads(line) for line in runs_file.read_text().splitlines()][-2:]
     assert {(r["n"], r["protocol"]["contrastive"]["contrastive_temperature"]) for r in last} == {
         (16, "0.1")}
+
+
+def test_each_fit_gets_its_n_configuration(bench, monkeypatch):
+    """The parameters a fit receives are those the runs file records for its
+    N, on a pool of five classes too (SST-5)."""
+    y = np.repeat(np.arange(5), 70)
+    monkeypatch.setattr(bench, "load_split", lambda name: (
+        [f"s{i}" for i in range(len(y))], y, ["t0", "t1"], np.array([0, 1])))
+    monkeypatch.setenv("SKTL_FEWSHOT_N", "8,64")
+    monkeypatch.setenv("SKTL_FEWSHOT_SEEDS", "1")
+    monkeypatch.delenv("SKTL_FEWSHOT_RUNS", raising=False)
+    bench.run(quick=False)
+    got = {(n_sentences, params["contrastive_temperature"])
+           for method, n_sentences, params in bench.params if method == "contrastive"}
+    assert got == {(5 * 8, 0.5), (5 * 64, 0.1)}
+    assert all(params is None for method, _, params in bench.params if method != "contrastive")
