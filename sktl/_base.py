@@ -8,7 +8,7 @@ import contextlib
 import copy
 import io
 import warnings
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
@@ -20,8 +20,11 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, v
 
 from ._atomic import atomic_fit
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
+from ._constraints import Count
 from ._distributed import PRECISIONS, autocast, check_precision, distributed_net
 from ._inference import (
+    EXTREME_INPUTS,
+    check_finite,
     forward_batches,
     probe_width,
     resolve_device,
@@ -76,17 +79,32 @@ class BackboneEstimatorMixin:
         """Validate X (and y) for the backbone's input kind."""
         if kind == "array":
             if y is None:
-                return validate_data(self, X, reset=reset, dtype=np.float32,
-                                     allow_nd=True), None
-            return validate_data(self, X, y, reset=reset, dtype=np.float32,
-                                 allow_nd=True, **(y_kwargs or {}))
+                X = validate_data(self, X, reset=reset, dtype=np.float32, allow_nd=True)
+            else:
+                X, y = validate_data(self, X, y, reset=reset, dtype=np.float32,
+                                     allow_nd=True, **(y_kwargs or {}))
+            self._check_sample_shape(X, reset)
+            return X, y
         X = validate_images(X) if kind == "image" else validate_texts(X)
         if reset:  # images and texts have no columns: drop a last array fit's
-            for name in ("n_features_in_", "feature_names_in_"):
+            for name in ("n_features_in_", "feature_names_in_", "_sample_shape"):
                 self.__dict__.pop(name, None)
         if y is not None:
             check_consistent_length(X, y)
         return X, y
+
+    def _check_sample_shape(self, X, reset):
+        """Array samples of more than one axis (sequences, grids) keep the shape
+        seen in fit: scikit-learn's check reads ``X.shape[1]`` only, and a
+        wrong last axis would reach the network as a raw torch error."""
+        if reset:
+            self._sample_shape = tuple(int(d) for d in X.shape[1:])
+            return
+        expected = getattr(self, "_sample_shape", None)
+        if expected is not None and tuple(X.shape[1:]) != expected:
+            raise ValueError(
+                f"X has samples of shape {tuple(X.shape[1:])}, but {type(self).__name__} "
+                f"was fitted on samples of shape {expected}.")
 
     # -- randomness -----------------------------------------------------------
     def _torch_seed(self):
@@ -154,14 +172,14 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
     _parameter_constraints = {
         "backbone": "no_validation",
         "weights": "no_validation",
-        "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "unfreeze": [Count(0), StrOptions({"all"})],
         "head": [StrOptions({"linear", "mlp"}), callable],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr": [Interval(Real, 0, None, closed="left"), None],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Count(1)],
+        "batch_size": [Count(1)],
         "optimizer": [StrOptions(set(OPTIMIZERS)), type],
-        "early_stopping": ["boolean", Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean", Count(1)],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "device": [str, None],
         "random_state": ["random_state"],
@@ -308,6 +326,9 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
                             collate=data.collate, **common)
         else:
             trained, inputs, reader = precomputed
+            check_finite(inputs, "The frozen blocks' outputs",
+                         "the frozen backbone gives no usable features for these inputs: "
+                         "check them for extreme values, and the backbone's weights")
             data = torch.utils.data.TensorDataset
             train = data(torch.from_numpy(inputs[train_idx]),
                          torch.from_numpy(targets[train_idx]))
@@ -387,10 +408,14 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         if is_stream(X):
-            return map_chunks(lambda chunk: self._forward_in_memory(chunk, progress=False),
+            return map_chunks(lambda chunk: self._checked_forward(chunk, progress=False),
                               X, chunk_size=default_chunk_size(X, self.batch_size),
                               progress=self.verbose >= 1, desc="predict")
-        return self._forward_in_memory(X, progress=self.verbose >= 1)
+        return self._checked_forward(X, progress=self.verbose >= 1)
+
+    def _checked_forward(self, X, *, progress):
+        return check_finite(self._forward_in_memory(X, progress=progress),
+                            "The model's outputs", EXTREME_INPUTS)
 
     def _forward_in_memory(self, X, *, progress):
         X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)

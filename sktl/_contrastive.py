@@ -41,6 +41,7 @@ from . import _prefix
 from ._cache import extraction_key
 from ._inference import LayerOutput, call_module, forward_batches, to_device
 from ._prefix import prefix_storage, split_frozen_prefix
+from ._training import diverged
 from .backbones import pool_features
 from .backbones._inputs import n_samples, take
 
@@ -493,12 +494,16 @@ def contrastive_tune(module, encode, targets, *, pair_sampling, loss, n_iteratio
     losses = []
     module.train()
     try:
-        for _ in range(epochs):
+        for epoch in range(1, epochs + 1):
             running = []
-            for idx, mask in batches(targets, n_iterations, batch_size, rng):
+            for step, (idx, mask) in enumerate(
+                    batches(targets, n_iterations, batch_size, rng), start=1):
                 value = contrastive_loss(encode(idx), labels[idx],
                                          torch.as_tensor(mask, device=device), loss,
                                          temperature)
+                if value is not None and not torch.isfinite(value.detach()):
+                    raise diverged(value.item(), f"epoch {epoch}, step {step} of the "
+                                   "contrastive tuning", f"Lower backbone_lr (now {lr:g})")
                 if value is not None:  # a batch without pairs to learn from: no step
                     opt.zero_grad(set_to_none=True)
                     value.backward()

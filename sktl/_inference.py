@@ -16,6 +16,7 @@ __all__ = [
     "LayerOutput",
     "batch_order",
     "call_module",
+    "check_finite",
     "forward_batches",
     "probe_width",
     "resolve_device",
@@ -171,6 +172,23 @@ def _cached_forward(module, preprocess, X, cache, key, **kwargs):
         for i, row in zip(missing, computed):
             rows[i] = row
     return np.stack(rows).astype(np.float32, copy=False)
+
+
+def check_finite(out, what, hint):
+    """``out`` (one row per sample), or a ValueError naming the rows that hold
+    NaN or infinity: no estimator returns them, or trains on them, silently."""
+    bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise ValueError(f"{what} are not finite (NaN or infinity) for {len(rows)} of "
+                         f"{len(out)} samples (rows {shown}); {hint}.")
+    return out
+
+
+#: ``check_finite``'s hint for predictions and features of a fitted model.
+EXTREME_INPUTS = ("these inputs hold values too extreme for the network (check them for "
+                  "outliers or a wrong scale), or the model's weights are not finite")
 
 
 def probe_width(module, preprocess, X, device):

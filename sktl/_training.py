@@ -12,6 +12,7 @@ from torch import nn
 from ._inference import call_module, to_device
 from .backbones import pool_features
 from .backbones._inputs import take
+from .exceptions import DivergenceError
 
 __all__ = ["RawDataset", "TransferModule", "build_net", "freeze", "make_head"]
 
@@ -120,16 +121,63 @@ class RawDataset(torch.utils.data.Dataset):
         return self.preprocess(take(self.X, idx)), self.y[idx]
 
 
+def diverged(value, where, hint):
+    """The error for a loss that stopped being finite: where, and what to lower."""
+    return DivergenceError(
+        f"Training diverged: the loss became {value} at {where}. {hint}, e.g. "
+        "ten times lower, or check the inputs for extreme values (unscaled features, "
+        "outliers); the previous fitted model, if any, is unchanged.")
+
+
 class _TransferNet(NeuralNet):
-    """skorch net that hands only trainable parameters to the optimizer."""
+    """skorch net that hands only trainable parameters to the optimizer and
+    lets a Ctrl-C reach the caller.
+
+    skorch's ``partial_fit`` catches ``KeyboardInterrupt`` and returns a
+    half-trained net as if training had finished; here the interrupt is
+    raised again once skorch's ``on_train_end`` callbacks have run, so that
+    ``fit`` (and a ``GridSearchCV`` around it) stops and the estimator's
+    previous fitted state is restored.
+    """
 
     def get_all_learnable_params(self):
         for name, param in super().get_all_learnable_params():
             if param.requires_grad:
                 yield name, param
 
+    def fit_loop(self, X, y=None, **fit_params):
+        try:
+            return super().fit_loop(X, y, **fit_params)
+        except KeyboardInterrupt as exc:
+            self.__dict__["_interrupted"] = exc
+            raise
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        self.__dict__["_interrupted"] = None
+        super().partial_fit(X, y, classes, **fit_params)
+        interrupted = self.__dict__.pop("_interrupted", None)
+        if interrupted is not None:
+            raise interrupted
+        return self
+
     def infer(self, x, **fit_params):
         return call_module(self.module_, to_device(x, self.device))
+
+
+class _FiniteLoss(Callback):
+    """Stop training with a :class:`~sktl.exceptions.DivergenceError` as soon
+    as a batch's loss is NaN or infinite: the weights are lost by then, and
+    predictions would be NaN (or the first class) without a word."""
+
+    def __init__(self, hint):
+        self.hint = hint
+
+    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        if loss is not None and not torch.isfinite(loss.detach()).all():
+            epoch = len(net.history)
+            n_batch = len(net.history[-1, "batches"])
+            phase = "" if training else " (validation)"
+            raise diverged(loss.item(), f"epoch {epoch}, batch {n_batch}{phase}", self.hint)
 
 
 class _DomainProgress(Callback):
@@ -164,7 +212,9 @@ def build_net(module, criterion, *, lr, backbone_lr, optimizer, max_epochs,
               batch_size, device, valid_dataset, early_stopping, collate, verbose,
               domain=False):
     """Configure the skorch net that trains ``module`` (or a bare head)."""
-    callbacks = []
+    hint = (f"Lower lr (now {lr:g})" if backbone_lr == lr else
+            f"Lower lr (now {lr:g}) and backbone_lr (now {backbone_lr:g})")
+    callbacks = [("finite_loss", _FiniteLoss(hint))]
     if valid_dataset is not None:
         patience = 5 if early_stopping is True else int(early_stopping)
         callbacks.append(("early_stopping", EarlyStopping(patience=patience,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from torch import nn
 from ._atomic import atomic_fit
 from ._base import TransferEstimator
 from ._cache import resolve_cache
+from ._constraints import Count
 from ._contrastive import (
     CONTRASTIVE_LOSSES,
     LR_SCHEDULES,
@@ -32,6 +33,7 @@ from ._contrastive import (
     normalized_head,
 )
 from ._inference import seeded_torch, worker_threads
+from ._labels import check_label_types
 from ._training import TransferModule, build_net, make_head, optimizer_class
 from .domain._convention import is_unlabelled
 from .domain._losses import DOMAIN_LOSSES
@@ -250,10 +252,10 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         "domain_weight": [Interval(Real, 0, None, closed="left")],
         "strategy": [StrOptions({"finetune", "contrastive"})],
         "pair_sampling": [StrOptions(set(PAIR_SAMPLINGS))],
-        "pair_iterations": [Interval(Integral, 1, None, closed="left")],
+        "pair_iterations": [Count(1)],
         "contrastive_loss": [StrOptions(set(CONTRASTIVE_LOSSES))],
         "contrastive_temperature": [Interval(Real, 0, None, closed="neither")],
-        "contrastive_epochs": [Interval(Integral, 1, None, closed="left")],
+        "contrastive_epochs": [Count(1)],
         "contrastive_schedule": [StrOptions(set(LR_SCHEDULES))],
         "head_C": [Interval(Real, 0, None, closed="neither"), None],
     }
@@ -301,6 +303,7 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         self : TransferClassifier
         """
         self._validate_params()
+        check_label_types(y)
         if self.strategy == "contrastive":
             return self._fit_contrastive(X, y)
         self._fit(X, y)

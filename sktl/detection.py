@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from numbers import Integral, Real
+from numbers import Real
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,9 +14,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import BackboneEstimatorMixin
+from ._constraints import Count
 from ._inference import resolve_device, seeded_torch, worker_threads
 from ._streaming import default_chunk_size, is_stream, map_chunks
-from ._training import OPTIMIZERS, optimizer_class
+from ._training import OPTIMIZERS, diverged, optimizer_class
 from .backbones._weights import WeightsUnavailableError, load_state_dict_file
 
 __all__ = ["DETECTION_MODELS", "TransferDetector"]
@@ -417,13 +418,13 @@ default="ssdlite320_mobilenet_v3_large"
     _parameter_constraints: ClassVar[dict] = {
         "model": "no_validation",
         "weights": [StrOptions({"DEFAULT"}), str, os.PathLike, None],
-        "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "unfreeze": [Count(0), StrOptions({"all"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Count(1)],
+        "batch_size": [Count(1)],
         "optimizer": [StrOptions(set(OPTIMIZERS)), type],
         "score_threshold": [Interval(Real, 0, 1, closed="both")],
-        "min_size": [Interval(Integral, 1, None, closed="left"), None],
+        "min_size": [Count(1), None],
         "device": [str, None],
         "random_state": ["random_state"],
         "adapt_batchnorm": ["boolean"],
@@ -589,18 +590,18 @@ default="ssdlite320_mobilenet_v3_large"
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer_cls = optimizer_class(self.optimizer)
         optimizer = optimizer_cls(params, lr=self.lr)
-        epochs = range(self.max_epochs)
+        epochs = range(1, self.max_epochs + 1)
         if self.verbose >= 1:
             from tqdm.auto import tqdm
 
             epochs = tqdm(epochs, desc="epochs", unit="epoch")
         history = []
         n = len(images)
-        for _ in epochs:
+        for epoch in epochs:
             _set_train_mode(model, frozen)
             order = torch.randperm(n).tolist()
             losses = []
-            for idx in _batches(order, self.batch_size):
+            for step, idx in enumerate(_batches(order, self.batch_size), start=1):
                 try:
                     loss_dict = model([images[i].to(device) for i in idx],
                                       [targets[i] for i in idx])
@@ -613,8 +614,8 @@ default="ssdlite320_mobilenet_v3_large"
                         f"batch_size >= 2 (got batch_size={self.batch_size}).") from exc
                 loss = sum(loss_dict.values())
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"The training loss became {loss.item()}; lower lr (now {self.lr}).")
+                    raise diverged(loss.item(), f"epoch {epoch}, batch {step}",
+                                   f"Lower lr (now {self.lr:g})")
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -27,6 +27,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 from torch import nn
 
+from ._labels import check_label_types
 from .backbones._inputs import take
 from .classifier import TransferClassifier
 from .domain._convention import is_unlabelled
@@ -168,6 +169,7 @@ class DistillationClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
         """
         self._validate_params()
         self._check_student()
+        check_label_types(y)
         y = column_or_1d(y, warn=True)
         if hasattr(X, "__len__") and not isinstance(X, (str, bytes)):
             check_consistent_length(X, y)  # before the teacher trains, not after

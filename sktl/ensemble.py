@@ -33,6 +33,8 @@ from sklearn.utils.validation import (
 )
 
 from ._atomic import atomic_fit
+from ._constraints import Count
+from ._labels import check_label_types
 from ._streaming import default_chunk_size, is_stream, map_chunks
 
 __all__ = ["SubdomainEnsembleClassifier"]
@@ -207,11 +209,11 @@ class SubdomainEnsembleClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstim
     _parameter_constraints: ClassVar[dict] = {
         "estimator": [HasMethods(["fit"])],
         "featurizer": [HasMethods(["fit", "transform"]), None],
-        "n_subdomains": [Interval(Integral, 1, None, closed="left"), None],
+        "n_subdomains": [Count(1), None],
         "combine": [StrOptions({"similarity", "stacking", "mean"})],
         "temperature": [Interval(Real, 0, None, closed="neither")],
         "subdomain_prior": [StrOptions({"uniform", "empirical"})],
-        "cv": [Interval(Integral, 2, None, closed="left"), HasMethods(["split"])],
+        "cv": [Count(2), HasMethods(["split"])],
         "random_state": ["random_state"],
     }
 
@@ -267,6 +269,7 @@ class SubdomainEnsembleClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstim
 
         Xv = self._validate_X(X, reset=True)
         n = _num_samples(X if Xv is None else Xv)
+        check_label_types(y)
         y = column_or_1d(y, warn=True)
         check_consistent_length(X if Xv is None else Xv, y)
         check_classification_targets(y)

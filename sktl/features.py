@@ -6,15 +6,18 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._atomic import atomic_fit
 from ._base import BackboneEstimatorMixin
 from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
+from ._constraints import Count
 from ._distributed import PRECISIONS, autocast, check_precision
 from ._inference import (
+    EXTREME_INPUTS,
     LayerOutput,
+    check_finite,
     forward_batches,
     probe_width,
     resolve_device,
@@ -125,7 +128,7 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         "weights": "no_validation",
         "layer": [Integral, str, None],
         "pooling": [StrOptions({"auto", "mean", "avg", "max", "cls", "flatten"})],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Count(1)],
         "device": [str, None],
         "random_state": ["random_state"],
         "cache": CACHE_CONSTRAINT,
@@ -265,10 +268,11 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         # Rows computed in float32 are not stored under the fp16 key.
         cache = resolve_cache(self.cache) if precision == fitted else None
         with worker_threads(), autocast(precision, self.device_):
-            return forward_batches(self.extractor_, self.backbone_.preprocess, X,
-                                   batch_size=self.batch_size, device=self.device_,
-                                   progress=progress, desc="features",
-                                   cache=cache, key=self._extraction_key)
+            features = forward_batches(self.extractor_, self.backbone_.preprocess, X,
+                                       batch_size=self.batch_size, device=self.device_,
+                                       progress=progress, desc="features",
+                                       cache=cache, key=self._extraction_key)
+        return check_finite(features, "The backbone's features", EXTREME_INPUTS)
 
     def get_feature_names_out(self, input_features=None):
         """Names ``featureextractor0``, ``featureextractor1``, ...

@@ -114,6 +114,14 @@ def validate_texts(X):
                 f"Text sample {i} is a {type(x).__name__} ({x!r:.40}); every "
                 "sample must be a str (missing values must be filled first)."
             )
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError as exc:  # tokenizers fail on it with a bare TypeError
+            raise ValueError(
+                f"Text {i} holds {exc.object[exc.start:exc.end]!r} at position "
+                f"{exc.start}, a lone surrogate: not valid Unicode (often left by "
+                "decoding bytes with errors='surrogateescape'). Clean it first, e.g. "
+                "text.encode('utf-8', 'replace').decode('utf-8').") from None
     return X
 
 

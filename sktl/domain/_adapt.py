@@ -9,7 +9,7 @@ source and target (:func:`~sktl.domain.domain_masks`) and dispatches.
 from __future__ import annotations
 
 import warnings
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 from scipy import linalg
@@ -32,6 +32,8 @@ from sklearn.utils.validation import (
 )
 
 from .._atomic import atomic_fit
+from .._constraints import Count
+from .._labels import check_label_types
 from ._convention import domain_masks, is_unlabelled
 
 __all__ = ["DomainAdaptTransformer"]
@@ -231,6 +233,23 @@ def _sinkhorn(M, eps, max_iter):
                 converged = True
                 break
     return np.exp(G + f[:, None] + g), n_iter, converged
+
+
+_SCALE_HINT = ("{what}: X's values are too large for the squared distances and "
+               "covariances of method={method!r} in float64. Scale the features first, "
+               "e.g. make_pipeline(StandardScaler(), DomainAdaptTransformer(...)).")
+
+
+def _check_magnitude(X, method):
+    """Refuse values whose squared distances or covariances overflow float64:
+    they would turn into NaN (OT) or a linear-algebra error deep inside."""
+    top = float(np.abs(X).max()) if X.size else 0.0
+    with np.errstate(over="ignore"):
+        # The largest sum of squares a distance or covariance entry can reach.
+        bound = np.float64(top) ** 2 * 4.0 * max(X.shape)
+    if not np.isfinite(bound):
+        raise ValueError(_SCALE_HINT.format(what=f"X holds values up to {top:.3g}",
+                                            method=method))
 
 
 def _median_positive(D):
@@ -490,14 +509,14 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
     _parameter_constraints = {
         "method": [StrOptions(set(METHODS))],
         "reg": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
-        "n_components": [Interval(Integral, 1, None, closed="left"), None],
+        "n_components": [Count(1), None],
         "kernel": [StrOptions({"linear", "rbf"})],
         "gamma": [Interval(Real, 0, None, closed="neither"), None],
         "mu": [Interval(Real, 0, None, closed="neither")],
         "ot_reg": [Interval(Real, 0, None, closed="neither")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "max_samples": [Interval(Integral, 2, None, closed="left")],
-        "pseudo_label_iter": [Interval(Integral, 0, None, closed="left")],
+        "max_iter": [Count(1)],
+        "max_samples": [Count(2)],
+        "pseudo_label_iter": [Count(0)],
         "random_state": ["random_state"],
     }
 
@@ -576,7 +595,10 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         for name in _METHOD_ATTRIBUTES:
             self.__dict__.pop(name, None)
         X = validate_data(self, X, reset=True, dtype=np.float64, ensure_min_samples=2)
+        if self.method != "none":
+            _check_magnitude(X, self.method)
         if y is not None:
+            check_label_types(y)
             y = column_or_1d(y, warn=True)
         source, target = self._domains(X, y, sample_domain)
         Xs, Xt = X[source], X[target]
@@ -658,6 +680,9 @@ class DomainAdaptTransformer(TransformerMixin, BaseEstimator):
         M = euclidean_distances(Xs, Xt, squared=True)
         P, self.n_iter_, converged = _sinkhorn(M, self.ot_reg * _median_positive(M),
                                                self.max_iter)
+        if not np.isfinite(P).all():
+            raise ValueError(_SCALE_HINT.format(what="The transport plan is not finite",
+                                                method="ot"))
         if not converged:
             warnings.warn(f"Sinkhorn did not converge in max_iter={self.max_iter} iterations; "
                           "increase max_iter or ot_reg.", ConvergenceWarning, stacklevel=3)
