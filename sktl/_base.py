@@ -19,7 +19,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
 from ._atomic import atomic_fit
-from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
+from ._cache import CACHE_CONSTRAINT, RowSpec, extraction_key, resolve_cache
 from ._constraints import Count
 from ._distributed import PRECISIONS, autocast, check_precision, distributed_net
 from ._inference import (
@@ -375,10 +375,12 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         if self.unfreeze == 0:
             key = None if cache is None else extraction_key(backbone, layer=None,
                                                              pooling="auto")
+            like = RowSpec(np.float32, (backbone.n_features,))
             features = forward_batches(backbone.module, backbone.preprocess, X,
-                                       desc="features", cache=cache, key=key, **run)
+                                       desc="features", cache=cache, key=key, like=like,
+                                       **run)
             reader = None if cache is None else FrozenReader(
-                backbone.module, module.head, key, True, backbone.module, [])
+                backbone.module, module.head, key, True, backbone.module, [], like)
             return module.head, features, reader
         n_frozen = len(backbone.blocks) - (len(backbone.blocks) if self.unfreeze == "all"
                                            else self.unfreeze)
@@ -393,10 +395,12 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
         key = None if cache is None else extraction_key(backbone, layer=split.block_name,
                                                          pooling=None)
         inputs = forward_batches(split.prefix, backbone.preprocess, X, desc="frozen blocks",
-                                 cache=cache, key=key, pool=False, **run)
+                                 cache=cache, key=key, pool=False, like=split.row_spec,
+                                 **run)
         top = TransferModule(split.suffix, module.head, module.trainable_blocks)
         reader = None if cache is None else FrozenReader(
-            split.prefix, top, key, False, backbone.module, module.trainable_blocks)
+            split.prefix, top, key, False, backbone.module, module.trainable_blocks,
+            split.row_spec)
         return top, inputs, reader
 
     def _forward(self, X):
@@ -441,7 +445,7 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
             # full precision, whatever ``precision`` is.
             frozen = forward_batches(reader.frozen, self.backbone_.preprocess, X,
                                      desc="frozen blocks", cache=cache, key=reader.key,
-                                     pool=reader.pool, **run)
+                                     pool=reader.pool, like=reader.like, **run)
             with autocast(precision, self.device_):
                 return forward_batches(reader.top, _as_tensor, frozen, desc="predict", **run)
 

@@ -9,19 +9,25 @@ fine-tuned backbone has another fingerprint and never reads stale rows.
 
 With a ``directory`` the rows are also kept on disk, so they outlive the
 process: a notebook restart or the worker processes of ``n_jobs>1`` read
-them back instead of running the backbone again.
+them back instead of running the backbone again. sktl writes and deletes
+only its own files there (see :class:`FeatureCache`, "Trust model").
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
-import shutil
 import threading
 import time
 import warnings
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, namedtuple
+
+try:
+    import fcntl
+except ImportError:  # Windows: temporary files of dead writers are told by age
+    fcntl = None
 
 import numpy as np
 from sklearn.utils._param_validation import HasMethods
@@ -29,6 +35,7 @@ from sklearn.utils._param_validation import HasMethods
 __all__ = [
     "CACHE_CONSTRAINT",
     "FeatureCache",
+    "RowSpec",
     "default_cache",
     "extraction_key",
     "resolve_cache",
@@ -42,8 +49,14 @@ def _hash_sample(x):
         h.update(b"s")
         h.update(x.encode("utf-8", "surrogatepass"))
     elif isinstance(x, os.PathLike):
-        stat = os.stat(x)
-        h.update(f"p{os.fspath(x)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        # By content, not by path, size and time: a file replaced by another
+        # of the same size and time (a copy, an archive extracted again) must
+        # not get the old rows. Reading the bytes costs little next to
+        # decoding them and a forward pass.
+        h.update(b"f")
+        with open(x, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
     elif hasattr(x, "tobytes") and hasattr(x, "mode"):  # PIL image
         h.update(f"i{x.mode}{x.size}".encode())
         h.update(x.tobytes())
@@ -55,7 +68,7 @@ def _hash_sample(x):
 
 
 def sample_hashes(X):
-    """One content hash per sample (row of an array, text, image or path)."""
+    """One content hash per sample (row of an array, text, image, or file: its bytes)."""
     if isinstance(X, np.ndarray) and X.dtype != object:
         arr = np.ascontiguousarray(X)
         prefix = f"a{arr.dtype.str}{arr.shape[1:]}".encode()
@@ -90,10 +103,57 @@ def extraction_key(backbone, **settings):
     return hashlib.blake2b("|".join(parts).encode(), digest_size=16).digest()
 
 
-#: Subfolder of a cache directory holding the current on-disk format. A new
-#: format gets a new name, so files of an older one are never misread.
-_FORMAT = "v1"
-#: A temporary file this old belongs to a writer that was killed mid-write.
+class RowSpec(namedtuple("RowSpec", "dtype shape")):
+    """The form of every row of one extraction key.
+
+    Parameters
+    ----------
+    dtype : dtype-like
+        The rows' dtype.
+    shape : tuple of int or None
+        The shape of one row, ``None`` where a length varies (the tokens of
+        a sentence's token states: ``(None, hidden_size)``).
+
+    Rows of another form (read from a foreign or damaged file, or kept
+    under an earlier spec) are not rows of the key: the cache discards them
+    as misses.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, dtype, shape):
+        return super().__new__(cls, np.dtype(dtype).str,
+                               tuple(None if n is None else int(n) for n in shape))
+
+    @classmethod
+    def of(cls, dtype, shape):
+        """The form a row of ``dtype`` and ``shape`` pins when the caller gave
+        none: its dtype, number of dimensions and last width (the only
+        length known to be fixed: token states vary in length)."""
+        return cls(dtype, (None,) * (len(shape) - 1) + tuple(shape[-1:]))
+
+    def matches(self, dtype, shape):
+        return (np.dtype(dtype).str == self.dtype and len(shape) == len(self.shape)
+                and all(n is None or n == m for n, m in zip(self.shape, shape)))
+
+
+#: Subfolder of a cache directory holding sktl's files, in the current
+#: format. A new format gets a new name, so files of an older one are never
+#: misread (nor deleted: they are not this format's files).
+_FORMAT = "sktl-features-v2"
+#: Written by sktl when it creates ``_FORMAT``: sktl writes and deletes files
+#: only below a folder carrying it. A CACHEDIR.TAG also tells backup tools
+#: (https://bford.info/cachedir/) that the folder needs no backup.
+_MARKER = "CACHEDIR.TAG"
+_MARKER_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+                "# This folder is a feature cache created by sktl (FeatureCache).\n"
+                "# sktl deletes only its own files here: <key>/<shard>.npz.\n")
+#: Names of sktl's own files: one folder per extraction key (its hex digest),
+#: shards (time of writing, random part) and temporary files of writers.
+_KEY_FOLDER = re.compile(r"[0-9a-f]+")
+_SHARD = re.compile(r"[0-9a-f]{16}-[0-9a-f]{8}\.npz")
+_TEMP = re.compile(r"\.[0-9a-f]{16}\.tmp")
+#: Without ``fcntl`` a temporary file this old belongs to a writer that died.
 _STALE_TMP_SECONDS = 3600
 #: Shard mtimes are the LRU clock of disk eviction; a minute's precision is
 #: plenty and keeps cache hits from costing a system call each.
@@ -116,6 +176,17 @@ def _split_hashes(raw):
     return [bytes(h) for h in raw]
 
 
+def _header(shard, name):
+    """``(shape, dtype)`` of array ``name`` of an open ``.npz``, from its
+    header: the form of a shard's rows is checked without reading them."""
+    with shard.zip.open(f"{name}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}[version]
+        shape, _, dtype = read(fh)
+    return shape, dtype
+
+
 def _remove(path):
     try:
         os.remove(path)
@@ -129,27 +200,43 @@ def _set_mtime(path, ns):
     os.utime(path, ns=(ns, ns))
 
 
-def _shard_names(folder):
+def _names(folder, pattern):
+    """Names in ``folder`` matching ``pattern`` (none if it is gone)."""
     try:
         with os.scandir(folder) as entries:
-            return {e.name for e in entries if e.name.endswith(".npz")
-                    and not e.name.startswith(".")}
+            return {e.name for e in entries if pattern.fullmatch(e.name)}
     except OSError:  # no folder yet, or removed by another process's eviction
         return set()
 
 
-def _open_temp(folder):
-    """A new hidden file in ``folder`` (created if missing), opened for writing."""
-    for attempt in range(3):
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f".tmp-{secrets.token_hex(8)}")
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-            return os.open(path, flags, 0o666), path
-        except FileNotFoundError:
-            # Another process's eviction removed the empty folder meanwhile.
-            if attempt == 2:
-                raise
+def _remove_if_orphan(path):
+    """Delete the temporary file ``path`` if its writer is dead.
+
+    A writer holds an exclusive ``flock`` on its temporary file until it has
+    renamed it, and the system releases it when the writer dies: getting the
+    lock proves the file an orphan. The file is deleted while the lock is
+    held, and a writer checks after locking that its file is still there, so
+    a live writer's file is never lost.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError:  # renamed into place or removed meanwhile
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live writer's
+                return
+            except OSError:  # no locks on this file system: go by age
+                pass
+            else:
+                _remove(path)
+                return
+        if time.time() - os.fstat(fd).st_mtime > _STALE_TMP_SECONDS:
+            _remove(path)
+    finally:
+        os.close(fd)
 
 
 class _DiskStore:
@@ -159,28 +246,90 @@ class _DiskStore:
     call (``hashes``: uint8 of shape (n, 16), ``rows``: shape (n, ...), and
     a checksum of both). It is written to a hidden temporary file and
     published with ``os.replace``, so readers of any process see whole shards
-    only, and concurrent writers never collide (names are unique; a row
-    stored twice is harmless). Damaged shards are skipped and deleted. The
-    in-process index remembers which shards were read and where each row
-    lives, so a lookup reads only new shards, or the shard of a row the
-    memory layer has evicted.
+    only, and concurrent writers never collide (names are unique). Damaged
+    shards are skipped and deleted; shards whose rows have another form than
+    the key's (see :class:`RowSpec`) are skipped. The first row stored for a
+    sample wins: shards are indexed oldest first and a later one never
+    replaces a row, so every process reads the same row. The in-process
+    index remembers which shards were read and where each row lives, so a
+    lookup reads only new shards, or the shard of a row the memory layer has
+    evicted.
+
+    ``root`` is sktl's only if it carries the marker :data:`_MARKER`, written
+    when sktl creates it (or finds it empty); files are written, evicted and
+    cleared only there, and only those matching sktl's names. Opening it
+    removes the temporary files of writers that died.
     """
 
     def __init__(self, root, max_bytes):
         self.root = root
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._forms = {}  # key -> the RowSpec its index was built for
         self._seen = {}  # key -> names of the shards already indexed
-        self._where = {}  # key -> {sample hash: name of a shard holding its row}
+        self._where = {}  # key -> {sample hash: name of the shard holding its row}
         self._touched = {}  # shard path -> time.monotonic() of our last utime
+
+    def open(self):
+        """Whether ``root`` is sktl's to use (warns if not); removes orphans.
+
+        A missing folder is created, marked, by the first write; an empty one
+        is marked now. A folder with files but no marker is someone else's:
+        the cache then keeps rows in memory only.
+        """
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            reason = str(exc)
+        else:
+            if names and _MARKER not in names:
+                reason = f"it holds files and no {_MARKER} written by sktl"
+            else:
+                try:
+                    if not names:
+                        self._mark()
+                    for folder in self._key_folders():
+                        for name in _names(folder, _TEMP):
+                            _remove_if_orphan(os.path.join(folder, name))
+                    return True
+                except OSError as exc:
+                    reason = str(exc)
+        warnings.warn(f"FeatureCache does not use the folder {self.root} ({reason}): "
+                      "rows are kept in memory only.", RuntimeWarning, stacklevel=3)
+        return False
+
+    def _mark(self):
+        os.makedirs(self.root, exist_ok=True)
+        try:
+            fd = os.open(os.path.join(self.root, _MARKER),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # marked by another process meanwhile
+            return
+        with os.fdopen(fd, "w") as fh:
+            fh.write(_MARKER_TEXT)
 
     def _folder(self, key):
         return os.path.join(self.root, key.hex())
 
-    def lookup(self, key, hashes):
-        """``{hash: row}`` for those of ``hashes`` found on disk."""
+    def _key_folders(self):
+        return [os.path.join(self.root, name) for name in _names(self.root, _KEY_FOLDER)]
+
+    def lookup(self, key, hashes, spec):
+        """``({hash: row}, spec)`` for those of ``hashes`` found on disk.
+
+        Only rows of form ``spec`` are read; with ``spec=None`` (no form
+        known yet) the oldest shard of the key pins it, and is returned.
+        """
         wanted = set(hashes)
         with self._lock:
+            if spec is None:
+                spec = self._forms.get(key)
+            elif self._forms.get(key) not in (None, spec):
+                self._forget(key, set(self._seen.get(key, ())))  # index anew
+            if spec is not None:
+                self._forms[key] = spec
             found = self._index_new_shards(key, wanted)
             index = self._where.get(key, {})
             by_shard = defaultdict(set)
@@ -189,19 +338,20 @@ class _DiskStore:
                     by_shard[index[h]].add(h)
             for name, shard_hashes in by_shard.items():
                 found.update(self._read(key, name, shard_hashes))
-        return found
+            return found, self._forms.get(key)
 
     def _index_new_shards(self, key, wanted):
-        names = _shard_names(self._folder(key))
+        names = _names(self._folder(key), _SHARD)
         seen = self._seen.setdefault(key, set())
         self._forget(key, seen - names)  # evicted by some process
         index = self._where.setdefault(key, {})
         found = {}
+        # Oldest first (names start with the time of writing), and a hash
+        # already indexed keeps its shard: the first row stored wins.
         for name in sorted(names - seen):
             seen.add(name)
             for h, row in self._load(key, name, wanted):
-                index[h] = name
-                if row is not None:
+                if index.setdefault(h, name) == name and row is not None:
                     found[h] = row
         return found
 
@@ -213,16 +363,23 @@ class _DiskStore:
 
     def _load(self, key, name, wanted):
         """``(hash, row or None)`` pairs of a shard, rows only for ``wanted``;
-        nothing if the shard is gone (evicted) or damaged (then deleted)."""
+        nothing if the shard is gone (evicted), damaged (then deleted) or
+        holds rows of another form than the key's."""
         path = os.path.join(self._folder(key), name)
         try:
             with np.load(path, allow_pickle=False) as shard:
                 raw = shard["hashes"]
                 hashes = _split_hashes(raw)
+                shape, dtype = _header(shard, "rows")
+                if shape[:1] != (len(hashes),):
+                    raise ValueError("not one row per hash")
+                spec = self._forms.setdefault(key, RowSpec.of(dtype, shape[1:]))
+                if not spec.matches(dtype, shape[1:]):
+                    return []
                 if wanted.isdisjoint(hashes):
                     return [(h, None) for h in hashes]
                 rows, check = shard["rows"], shard["check"]
-            if len(rows) != len(hashes) or not np.array_equal(check, _checksum(raw, rows)):
+            if not np.array_equal(check, _checksum(raw, rows)):
                 raise ValueError("checksum mismatch")
         except (OSError, MemoryError):  # evicted by another process, unreadable: a miss
             return []
@@ -280,7 +437,8 @@ class _DiskStore:
                                       RuntimeWarning, stacklevel=3)
                         break
                     self._seen.setdefault(key, set()).add(name)
-                    index.update(dict.fromkeys(part, name))
+                    for h in part:
+                        index.setdefault(h, name)
         self.evict()
 
     def _shards(self, group):
@@ -298,47 +456,76 @@ class _DiskStore:
         for start in range(0, len(items), per_shard):
             yield dict(items[start:start + per_shard])
 
+    def _open_temp(self, folder):
+        """A new temporary file in ``folder`` (created if missing, with a
+        marked root), opened for writing and locked while the writer lives."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        for attempt in range(3):
+            path = os.path.join(folder, f".{secrets.token_hex(8)}.tmp")
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # no root (first write, or deleted): mark it
+                self._mark()
+                os.makedirs(folder, exist_ok=True)
+            try:
+                fd = os.open(path, flags, 0o666)
+            except FileNotFoundError:
+                # Another process's eviction removed the empty folder meanwhile.
+                if attempt == 2:
+                    raise
+                continue
+            if fcntl is None:
+                return fd, path
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # waits only for an opener's check
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    return fd, path
+            except FileNotFoundError:
+                pass  # an opener took it for an orphan before we locked it
+            except OSError:  # no locks on this file system: openers go by age
+                return fd, path
+            os.close(fd)
+        raise OSError(f"could not create a temporary file in {folder}")
+
     def _write(self, key, hashes, rows):
         raw = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(len(hashes), -1)
         folder = self._folder(key)
-        fd, tmp = _open_temp(folder)
+        fd, tmp = self._open_temp(folder)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            # The descriptor stays open until the file is renamed: its lock
+            # tells openers that the writer is alive (see _remove_if_orphan).
+            with os.fdopen(fd, "wb", closefd=False) as fh:
                 np.savez(fh, hashes=raw, rows=rows, check=_checksum(raw, rows))
             now = time.time_ns()
             _set_mtime(tmp, now)
-            # Time first: names sort by age, which breaks mtime ties in eviction.
+            # Time first: names sort by age, which orders the shards of a key
+            # (the first row stored wins) and breaks mtime ties in eviction.
             name = f"{now:016x}-{secrets.token_hex(4)}.npz"
+            if fcntl is None:  # Windows cannot rename an open file
+                os.close(fd)
+                fd = None
             os.replace(tmp, os.path.join(folder, name))
         except BaseException:
             _remove(tmp)
             raise
+        finally:
+            if fd is not None:
+                os.close(fd)
         return name
 
     def _scan(self):
-        """``(mtime_ns, path, size)`` of every shard; stale temporary files are removed."""
+        """``(mtime_ns, path, size)`` of every shard of sktl's."""
         shards = []
-        try:
-            with os.scandir(self.root) as listing:
-                folders = [e.path for e in listing if e.is_dir()]
-        except OSError:
-            return shards
-        for folder in folders:
-            try:
-                with os.scandir(folder) as listing:
-                    entries = list(listing)
-            except OSError:  # removed meanwhile by another process
-                continue
-            for e in entries:
+        for folder in self._key_folders():
+            for name in _names(folder, _SHARD):
+                path = os.path.join(folder, name)
                 try:
-                    st = e.stat()
-                except OSError:
+                    st = os.stat(path)
+                except OSError:  # removed meanwhile by another process
                     continue
-                if e.name.startswith(".tmp-"):
-                    if time.time() - st.st_mtime > _STALE_TMP_SECONDS:
-                        _remove(e.path)
-                elif e.name.endswith(".npz"):
-                    shards.append((st.st_mtime_ns, e.path, st.st_size))
+                shards.append((st.st_mtime_ns, path, st.st_size))
         return shards
 
     @property
@@ -356,18 +543,25 @@ class _DiskStore:
             _remove(path)
             total -= size
             emptied.add(os.path.dirname(path))
-        for folder in emptied:
-            try:
-                os.rmdir(folder)  # only succeeds once the key has no file left
-            except OSError:
-                pass
+        _remove_empty(emptied)
 
     def clear(self):
+        """Delete every shard (and emptied key folder); other files stay."""
         with self._lock:
-            shutil.rmtree(self.root, ignore_errors=True)
+            for _, path, _ in self._scan():
+                _remove(path)
+            _remove_empty(self._key_folders())
             self._seen.clear()
             self._where.clear()
             self._touched.clear()
+
+
+def _remove_empty(folders):
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only succeeds once the key has no file left
+        except OSError:
+            pass
 
 
 class FeatureCache:
@@ -382,17 +576,25 @@ class FeatureCache:
     max_bytes : int, default=1 GiB
         Size of the in-memory layer; least recently used rows are evicted first.
     directory : str, os.PathLike or None, default=None
-        Also keep every row on disk under this folder (in a ``v1``
-        subfolder, one folder per extraction key), so rows survive the
-        process: a new :class:`FeatureCache` on the same folder, after a
-        notebook restart or in a worker process of ``n_jobs>1``, reads them
-        back. Several processes may share the folder: files are published
-        atomically, damaged files are skipped and deleted. Rows of other
-        weights have another key and are never read.
+        Also keep every row on disk under this folder (in a
+        ``sktl-features-v2`` subfolder that sktl creates and marks with a
+        ``CACHEDIR.TAG`` file, one folder per extraction key), so rows
+        survive the process: a new :class:`FeatureCache` on the same folder,
+        after a notebook restart or in a worker process of ``n_jobs>1``,
+        reads them back. Several processes may share the folder: files are
+        published atomically, damaged files are skipped and deleted, rows of
+        another dtype or shape than the key's are never served, and the
+        first row stored for a sample is the one every process reads.
+        Temporary files of writers that died are removed by the next
+        :class:`FeatureCache` opened on the folder. Rows of other weights
+        have another key and are never read. sktl writes and deletes only
+        its own files: anything else in the folder is left alone, and a
+        ``sktl-features-v2`` subfolder sktl did not create (not empty, no
+        marker) is not used (a warning; rows are then kept in memory only).
     max_disk_bytes : int or None, default=None
-        Size of the on-disk folder, ``None`` meaning ``max_bytes``. After
-        each write the least recently used files (by modification time,
-        refreshed on reads) are deleted until the folder fits.
+        Size of sktl's files on disk, ``None`` meaning ``max_bytes``. After
+        each write the least recently used of them (by modification time,
+        refreshed on reads) are deleted until they fit.
 
     Attributes
     ----------
@@ -408,20 +610,31 @@ class FeatureCache:
     keeps the settings, not the rows: an unpickled cache starts empty in
     memory, and reads back the rows of its ``directory``.
 
+    **Trust model.** A cache folder is trusted like ``joblib.Memory``'s: use
+    a folder you own, that no one else can write to. The checks above
+    (checksum, dtype and shape of rows, first row wins) guard against
+    accidents (a full disk, a killed process, a copy cut short) and
+    concurrent writers, not against an attacker who can write to the
+    folder: such a person can write files that pass every check, and so
+    choose the features (thus the predictions) of samples they know.
+
     Examples
     --------
     >>> import tempfile
     >>> import numpy as np
     >>> from sktl import FeatureCache
+    >>> from sktl._cache import RowSpec
     >>> folder = tempfile.TemporaryDirectory()
     >>> cache = FeatureCache(directory=folder.name)
     >>> key, hashes = b"k" * 16, [b"a" * 16, b"b" * 16]
     >>> cache.store(key, hashes, np.ones((2, 3), dtype=np.float32))
     >>> restarted = FeatureCache(directory=folder.name)  # e.g. after a restart
-    >>> restarted.lookup(key, hashes + [b"c" * 16])
+    >>> restarted.lookup(key, hashes + [b"c" * 16], like=RowSpec(np.float32, (3,)))
     [array([1., 1., 1.], dtype=float32), array([1., 1., 1.], dtype=float32), None]
     >>> restarted.hits, restarted.disk_hits, restarted.misses
     (2, 2, 1)
+    >>> restarted.lookup(key, hashes, like=RowSpec(np.float32, (4,)))  # another form
+    [None, None]
     >>> restarted.clear(disk=True)
     >>> folder.cleanup()
     """
@@ -435,8 +648,10 @@ class FeatureCache:
         self._disk = None
         if self.directory is not None:
             disk_bytes = max_bytes if max_disk_bytes is None else max_disk_bytes
-            self._disk = _DiskStore(os.path.join(self.directory, _FORMAT), disk_bytes)
+            disk = _DiskStore(os.path.join(self.directory, _FORMAT), disk_bytes)
+            self._disk = disk if disk.open() else None
         self._rows = OrderedDict()
+        self._specs = {}  # key -> RowSpec of its rows
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.misses = self.disk_hits = 0
@@ -483,32 +698,52 @@ class FeatureCache:
         ----------
         disk : bool, default=False
             Also delete the rows stored under ``directory``, for every
-            process sharing it. By default the files are kept.
+            process sharing it (sktl's files only: other files in the
+            folder stay). By default the files are kept.
         """
         with self._lock:
             self._rows.clear()
+            self._specs.clear()
             self._bytes = 0
             self.hits = self.misses = self.disk_hits = 0
         if disk and self._disk is not None:
             self._disk.clear()
 
-    def lookup(self, key, hashes):
+    def lookup(self, key, hashes, like=None):
         """Cached rows for ``hashes`` (``None`` where missing).
 
         Rows missing in memory are looked up on disk; those found there are
         put in memory and count as hits (and ``disk_hits``).
+
+        Parameters
+        ----------
+        key : bytes
+            What produced the rows (see :func:`extraction_key`).
+        hashes : list of bytes
+            The samples' content hashes (see :func:`sample_hashes`).
+        like : RowSpec or None, default=None
+            The form of the key's rows: rows of another dtype or shape are
+            misses. ``None``: the form of the first row this cache stored
+            or read for the key (dtype, number of dimensions and last
+            width), which keeps rows of two forms from being mixed but
+            cannot tell which is right; sktl's estimators always pass it.
         """
         with self._lock:
-            out = [self._get(key, h) for h in hashes]
+            if like is not None:
+                self._specs[key] = like
+            spec = self._specs.get(key)
+            out = [self._get(key, h, spec) for h in hashes]
         missing = [i for i, row in enumerate(out) if row is None]
         from_disk = {}
         if self._disk is not None:
             self._disk.touch(key, [h for h, row in zip(hashes, out) if row is not None])
             if missing:
-                from_disk = self._disk.lookup(key, [hashes[i] for i in missing])
+                from_disk, spec = self._disk.lookup(key, [hashes[i] for i in missing], spec)
                 for i in missing:
                     out[i] = from_disk.get(hashes[i])
         with self._lock:
+            if from_disk:
+                self._specs.setdefault(key, spec)
             self._remember(key, from_disk.items())
             found = sum(row is not None for row in out)
             self.hits += found
@@ -520,19 +755,27 @@ class FeatureCache:
         """Keep ``rows`` (arrays of any shape), one per hash of ``hashes``."""
         rows = [np.array(row, copy=True) for row in rows]  # never alias a caller's array
         with self._lock:
+            if rows:
+                self._specs.setdefault(key, RowSpec.of(rows[0].dtype, rows[0].shape))
             self._remember(key, zip(hashes, rows))
         if self._disk is not None:
             self._disk.store(key, hashes, rows)
 
-    def _get(self, key, h):
+    def _get(self, key, h, spec):
         row = self._rows.get((key, h))
-        if row is not None:
-            self._rows.move_to_end((key, h))
+        if row is None:
+            return None
+        if spec is not None and not spec.matches(row.dtype, row.shape):
+            # Kept under another form (an earlier ``like``): not a row of the key.
+            del self._rows[key, h]
+            self._bytes -= row.nbytes
+            return None
+        self._rows.move_to_end((key, h))
         return row
 
     def _remember(self, key, pairs):
         for h, row in pairs:
-            if (key, h) in self._rows:
+            if (key, h) in self._rows:  # the first row stored wins
                 continue
             self._rows[key, h] = row
             self._bytes += row.nbytes

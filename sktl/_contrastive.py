@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from . import _prefix
-from ._cache import extraction_key
+from ._cache import RowSpec, extraction_key
 from ._inference import LayerOutput, call_module, forward_batches, to_device
 from ._prefix import prefix_storage, split_frozen_prefix
 from ._training import diverged
@@ -327,7 +327,10 @@ def _token_states(backbone, X, block, cache, key, batch_size, device, progress,
     from ._cache import sample_hashes
 
     hashes = sample_hashes(X) if cache is not None else None
-    rows = cache.lookup(key, hashes) if cache is not None else [None] * n_samples(X)
+    # A sentence's row: (its tokens, the hidden size), float32.
+    like = RowSpec(np.float32, (None, backbone.module.model[0].auto_model.config.hidden_size))
+    rows = (cache.lookup(key, hashes, like=like) if cache is not None
+            else [None] * n_samples(X))
     missing = [i for i, r in enumerate(rows) if r is None]
     nbytes = sum(r.nbytes for r in rows if r is not None)
     reader = LayerOutput(backbone.module, [block], pooling=None)
@@ -451,7 +454,7 @@ def make_encoder(backbone, X, n_frozen, *, cache, cache_prefix, batch_size, devi
                                                      pooling=None)
     inputs = forward_batches(split.prefix, backbone.preprocess, X, batch_size=batch_size,
                              device=device, progress=progress, desc="frozen blocks",
-                             cache=cache, key=key, pool=False)
+                             cache=cache, key=key, pool=False, like=split.row_spec)
     return _SplitEncoder(split, inputs, device)
 
 

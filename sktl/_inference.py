@@ -124,17 +124,19 @@ def batch_order(preprocess, X):
 
 
 def forward_batches(module, preprocess, X, *, batch_size, device, progress=False,
-                    desc="batches", cache=None, key=None, pool=True):
+                    desc="batches", cache=None, key=None, pool=True, like=None):
     """Run ``module`` over X in batches under ``torch.inference_mode``.
 
     Returns a float32 numpy array with one row per sample, in input order:
     the module's output pooled to a vector (``pool=True``) or as it is
     (feature maps of a frozen prefix, ``pool=False``).
     With a ``cache`` (and the ``key`` of what ``module`` computes), rows
-    seen before are read from it and only new samples run through the model.
+    seen before are read from it and only new samples run through the model;
+    ``like`` (a :class:`~sktl._cache.RowSpec`) is the form of one row, and
+    cached rows of another form are computed again.
     """
     if cache is not None:
-        return _cached_forward(module, preprocess, X, cache, key, batch_size=batch_size,
+        return _cached_forward(module, preprocess, X, cache, key, like, batch_size=batch_size,
                                device=device, progress=progress, desc=desc, pool=pool)
     n = n_samples(X)
     order = batch_order(preprocess, X)
@@ -160,11 +162,11 @@ def forward_batches(module, preprocess, X, *, batch_size, device, progress=False
     return out
 
 
-def _cached_forward(module, preprocess, X, cache, key, **kwargs):
+def _cached_forward(module, preprocess, X, cache, key, like, **kwargs):
     from ._cache import sample_hashes
 
     hashes = sample_hashes(X)
-    rows = cache.lookup(key, hashes)
+    rows = cache.lookup(key, hashes, like=like)
     missing = [i for i, row in enumerate(rows) if row is None]
     if missing:
         computed = forward_batches(module, preprocess, take(X, np.asarray(missing)), **kwargs)

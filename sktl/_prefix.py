@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from ._cache import RowSpec
 from ._inference import LayerOutput, call_module, to_device
 from .backbones._inputs import n_samples, take
 
@@ -41,12 +42,14 @@ class PrefixSplit:
 
     ``prefix`` maps a preprocessed batch to the last frozen block's raw
     output; ``suffix`` maps that output to the backbone's features.
+    ``row_spec``: the form of one sample's output, as cached.
     """
 
     block_name: str
     prefix: nn.Module
     suffix: fx.GraphModule
     row_nbytes: int = 0
+    row_spec: RowSpec | None = None
 
 
 def prefix_storage(nbytes, cache):
@@ -149,7 +152,7 @@ def split_frozen_prefix(backbone, n_frozen, X, device):
 
 def _check(split, module, preprocess, X, device):
     """Prefix then suffix must reproduce the whole forward pass (eval mode);
-    records the size of one stored row."""
+    records the size and form of one stored row."""
     was_training = module.training
     module.eval()
     try:
@@ -165,6 +168,7 @@ def _check(split, module, preprocess, X, device):
     if not all(isinstance(t, torch.Tensor) for t in (whole, middle, cut)):
         return False
     split.row_nbytes = 4 * middle[0].numel()  # stored as float32
+    split.row_spec = RowSpec(np.float32, middle.shape[1:])
     return whole.shape == cut.shape and torch.allclose(whole, cut, rtol=1e-4, atol=1e-5)
 
 
@@ -185,11 +189,13 @@ class FrozenReader:
     a held-out fold then costs no backbone pass at all. The rows were keyed
     before training; they stay valid while the frozen tensors are the very
     ones seen at the end of the fit (same objects, no in-place change), which
-    :meth:`valid` checks.
+    :meth:`valid` checks. ``like`` is the form of one row (a
+    :class:`~sktl._cache.RowSpec`).
     """
 
-    def __init__(self, frozen, top, key, pool, module, trainable):
+    def __init__(self, frozen, top, key, pool, module, trainable, like):
         self.frozen, self.top, self.key, self.pool = frozen, top, key, pool
+        self.like = like
         self._module, self._trainable = module, trainable
         self._token = _frozen_token(module, trainable)
 

@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._atomic import atomic_fit
 from ._base import BackboneEstimatorMixin
-from ._cache import CACHE_CONSTRAINT, extraction_key, resolve_cache
+from ._cache import CACHE_CONSTRAINT, RowSpec, extraction_key, resolve_cache
 from ._constraints import Count
 from ._distributed import PRECISIONS, autocast, check_precision
 from ._inference import (
@@ -271,7 +271,8 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
             features = forward_batches(self.extractor_, self.backbone_.preprocess, X,
                                        batch_size=self.batch_size, device=self.device_,
                                        progress=progress, desc="features",
-                                       cache=cache, key=self._extraction_key)
+                                       cache=cache, key=self._extraction_key,
+                                       like=RowSpec(np.float32, (self.n_features_out_,)))
         return check_finite(features, "The backbone's features", EXTREME_INPUTS)
 
     def get_feature_names_out(self, input_features=None):

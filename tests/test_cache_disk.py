@@ -19,7 +19,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 import sktl
 from sktl import FeatureCache, FeatureExtractor, TransferClassifier
-from sktl._cache import resolve_cache
+from sktl._cache import _FORMAT, resolve_cache
 
 KEY = b"k" * 16
 
@@ -47,7 +47,7 @@ def _extract(X, cache, random_state=0):
 
 
 def _shards(directory):
-    return sorted((Path(directory) / "v1").glob("*/*.npz"))
+    return sorted((Path(directory) / _FORMAT).glob("*/*.npz"))
 
 
 def test_rows_survive_a_new_instance_and_a_new_process(blobs, tmp_path):
@@ -132,7 +132,7 @@ def test_processes_share_a_key_concurrently(tmp_path):
     foreign = np.array([_finish(p).split() for p in procs], dtype=int)
     assert foreign[:, 0].sum() > 0  # the processes served each other's rows
     for folder, bound in [("free", None), ("bounded", 20_000)]:
-        assert not list((tmp_path / folder / "v1").glob("*/.tmp-*"))
+        assert not list((tmp_path / folder / _FORMAT).glob("*/.*.tmp"))
         reader = FeatureCache(directory=tmp_path / folder)
         got = reader.lookup(KEY, [i.to_bytes(16, "big") for i in range(200)])
         for i, row in enumerate(got):
@@ -152,17 +152,19 @@ def test_damaged_shards_are_skipped_and_deleted(blobs, tmp_path):
     folder = good.parent
     data = good.read_bytes()
     good.write_bytes(data[: len(data) // 2])  # e.g. a killed writer
-    (folder / "empty.npz").write_bytes(b"")
-    (folder / "garbage.npz").write_bytes(os.urandom(5000))
-    np.savez(folder / "missing.npz", hashes=parts["hashes"])
-    np.savez(folder / "tampered.npz", **{**parts, "rows": parts["rows"] + 1})  # bad checksum
+    # Named like sktl's shards: files of other names are never read (nor deleted).
+    name = iter(f"{i:016x}-00000000.npz" for i in range(1, 100))
+    (folder / next(name)).write_bytes(b"")
+    (folder / next(name)).write_bytes(os.urandom(5000))
+    np.savez(folder / next(name), hashes=parts["hashes"])
+    np.savez(folder / next(name), **{**parts, "rows": parts["rows"] + 1})  # bad checksum
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0xFF  # inside the rows: bad CRC
-    (folder / "flipped.npz").write_bytes(bytes(flipped))
+    (folder / next(name)).write_bytes(bytes(flipped))
     method = bytearray(data)
     entry = data.index(b"PK\x01\x02")  # first central-directory entry
     method[entry + 10] = 99  # an unknown compression method
-    (folder / "method.npz").write_bytes(bytes(method))
+    (folder / next(name)).write_bytes(bytes(method))
     damaged = set(_shards(tmp_path))
 
     cache = FeatureCache(directory=tmp_path)

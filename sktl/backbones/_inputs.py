@@ -83,9 +83,9 @@ def validate_images(X):
         if _is_pathlike(x):
             if not Path(x).is_file():
                 raise FileNotFoundError(f"Image file not found: {x!s} (sample {i}).")
-            # As a Path, the feature cache keys the sample by the file's size
-            # and modification time, not by its name alone: a rewritten file
-            # is read again.
+            # As a Path, the feature cache keys the sample by the file's
+            # content (a hash of its bytes), not by its name: a rewritten or
+            # replaced file is read again, whatever its size and time.
             X[i] = Path(x)
         elif not hasattr(x, "convert") and not isinstance(x, np.ndarray):
             raise TypeError(
