@@ -100,7 +100,8 @@ def test_bf16_model_predicts_alike_after_save_load_and_set_params(blobs, tmp_pat
                              random_state=0, precision="bf16", cache=False).fit(X, y)
     proba = clf.predict_proba(X)
     sktl.save(clf, tmp_path / "model")
-    np.testing.assert_array_equal(sktl.load(tmp_path / "model").predict_proba(X), proba)
+    loaded = sktl.load(tmp_path / "model", trusted=[TinyNet])
+    np.testing.assert_array_equal(loaded.predict_proba(X), proba)
     clf.set_params(unfreeze=1 if unfreeze != 1 else "all")
     np.testing.assert_array_equal(clf.predict_proba(X), proba)
 
@@ -179,6 +180,6 @@ def test_accelerator_is_kept_by_clone_and_checked_against_precision(blobs, tmp_p
     fitted = TransferClassifier(TinyNet, accelerator=accelerator, unfreeze="all",
                                 max_epochs=2, random_state=0).fit(X, y)
     save(fitted, tmp_path / "model")
-    loaded = load(tmp_path / "model")
+    loaded = load(tmp_path / "model", trusted=[TinyNet])
     assert loaded.accelerator is None
     assert_allclose(loaded.predict_proba(X), fitted.predict_proba(X), rtol=1e-6)

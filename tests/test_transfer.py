@@ -1,6 +1,7 @@
 """TransferClassifier / TransferRegressor behaviour on small backbones."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_validate
 
 from sktl import FeatureExtractor, TransferClassifier, TransferRegressor
+from sktl.exceptions import UntrustedTypeError
 
 
 def _images(n=64, seed=0):
@@ -261,9 +263,12 @@ def test_safe_format_round_trip(make, blobs, tmp_path):
     X, y = blobs
     est = make().fit(X, y)
     sktl.save(est, tmp_path / "model")
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
-        "config.json", "model.safetensors"]
-    loaded = sktl.load(tmp_path / "model")
+    config, weights = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert config == "config.json" and re.fullmatch(r"model-[0-9a-f]{16}\.safetensors", weights)
+    # TinyNet lives in the tests' conftest, outside the packages trusted by default.
+    with pytest.raises(UntrustedTypeError, match=r"conftest:TinyNet.*trusted=\[TinyNet\]"):
+        sktl.load(tmp_path / "model")
+    loaded = sktl.load(tmp_path / "model", trusted=[TinyNet])
     assert type(loaded) is type(est)
     assert loaded.get_params()["unfreeze" if hasattr(est, "unfreeze") else "layer"] == \
         est.get_params()["unfreeze" if hasattr(est, "unfreeze") else "layer"]
@@ -281,7 +286,7 @@ def test_safe_format_keeps_a_numpy_integer_seed(blobs, tmp_path):
     X, y = blobs
     clf = TransferClassifier(TinyNet, max_epochs=1, random_state=np.int64(3)).fit(X, y)
     sktl.save(clf, tmp_path / "m")
-    assert sktl.load(tmp_path / "m").get_params()["random_state"] == 3
+    assert sktl.load(tmp_path / "m", trusted=[TinyNet]).get_params()["random_state"] == 3
 
 
 def test_refit_on_images_drops_the_array_fits_input_attributes(blobs):

@@ -28,6 +28,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ..exceptions import SaveFormatError
 from ._base import Backbone, default_blocks, pool_features
 from ._inputs import ArrayPreprocessor, ImagePreprocessor
 from ._sentence_transformers import (
@@ -38,12 +39,15 @@ from ._sentence_transformers import (
     truncate_sentence_encoder,
 )
 from ._torchvision import is_torchvision_name, load_torchvision, pretrained_transform
+from ._trust import TRUSTED_PACKAGES, check_trusted, resolve_class
 from ._weights import WeightsUnavailableError, load_state_dict_file
 
 __all__ = [
+    "TRUSTED_PACKAGES",
     "Backbone",
     "WeightsUnavailableError",
-    "import_qualname",
+    "backbone_param",
+    "check_trusted",
     "is_fitted_sktl_estimator",
     "pool_features",
     "rebuild_backbone",
@@ -288,29 +292,57 @@ def shared_backbone(backbone, weights="DEFAULT", device="cpu"):
     return resolved
 
 
-def import_qualname(path):
-    """The ``nn.Module`` class at ``"package.module:Qual.Name"`` (imports it)."""
-    import importlib
-
-    module_name, _, qualname = path.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        raise TypeError(f"{path} is not a torch.nn.Module class.")
-    return obj
+_SPEC_KEYS = {"torchvision": {"kind", "name", "transform"},
+              "sentence_transformers": {"kind", "name"},
+              "module": {"kind", "class", "instance"}}
 
 
-def rebuild_backbone(spec):
+def _check_spec(spec):
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind not in _SPEC_KEYS or set(spec) != _SPEC_KEYS[kind]:
+        raise SaveFormatError(
+            f"Cannot rebuild a backbone from spec {spec!r}: expected the keys "
+            f"{sorted(_SPEC_KEYS.get(kind, {'kind'}))} of one of the kinds {sorted(_SPEC_KEYS)}.")
+    if kind == "module" and spec["instance"] is not False:
+        raise SaveFormatError("A module backbone saved as an instance cannot be rebuilt: "
+                              "its constructor arguments are unknown.")
+    if not isinstance(spec.get("name", ""), str):
+        raise SaveFormatError(f"The backbone name {spec['name']!r} is not a string.")
+    if kind == "torchvision":
+        import torchvision
+
+        if not is_torchvision_name(spec["name"]):
+            raise SaveFormatError(f"{spec['name']!r} is not a torchvision classification "
+                                  "model of this torchvision version.")
+        known = {str(w) for w in torchvision.models.get_model_weights(spec["name"])}
+        if spec["transform"] is not None and spec["transform"] not in known:
+            raise SaveFormatError(f"{spec['transform']!r} is not a weights name of "
+                                  f"{spec['name']}; known: {sorted(known)}.")
+
+
+def backbone_param(spec, trusted=()):
+    """What ``backbone=`` becomes for a saved spec: its name, or for a module
+    backbone its class (see :func:`~sktl.backbones._trust.resolve_class`)."""
+    _check_spec(spec)
+    if spec["kind"] == "module":
+        return resolve_class(spec["class"], check_trusted(trusted), where="The saved backbone")
+    return spec["name"]
+
+
+def rebuild_backbone(spec, trusted=()):
     """The architecture and preprocessing described by ``Backbone.spec``,
     without pretrained weights (the caller loads saved ones into it).
 
     Used by :func:`sktl.load`: torchvision models are rebuilt from their
-    name, sentence-transformers encoders from their folder or hub name, and
-    module backbones by importing their class and calling it without
-    arguments.
+    name, sentence-transformers encoders from their folder or hub name
+    (after checking the module types its ``modules.json`` names), and module
+    backbones by calling their class without arguments. A class outside
+    :data:`~sktl.backbones._trust.TRUSTED_PACKAGES` must be one of
+    ``trusted``; nothing else is imported.
     """
-    kind = spec.get("kind")
+    trusted = check_trusted(trusted)
+    _check_spec(spec)
+    kind = spec["kind"]
     if kind == "torchvision":
         backbone = load_torchvision(spec["name"], weights=None)
         if spec.get("transform"):
@@ -319,7 +351,5 @@ def rebuild_backbone(spec):
         backbone.spec = dict(spec)
         return backbone
     if kind == "sentence_transformers":
-        return load_sentence_transformer(spec["name"])
-    if kind == "module":
-        return _from_module(import_qualname(spec["class"]), "DEFAULT")
-    raise ValueError(f"Cannot rebuild a backbone from spec {spec!r}.")
+        return load_sentence_transformer(spec["name"], trusted=trusted)
+    return _from_module(backbone_param(spec, trusted), "DEFAULT")

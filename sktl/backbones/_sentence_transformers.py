@@ -8,6 +8,7 @@ package.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,11 +16,13 @@ import torch
 from torch import nn
 
 from ._base import Backbone, default_blocks
+from ._trust import check_type_name
 from ._weights import WeightsUnavailableError
 
-__all__ = ["SentenceEncoder", "TextPreprocessor", "is_sentence_transformer",
-           "load_sentence_transformer", "looks_like_sentence_transformer",
-           "sentence_transformer_backbone", "truncate_sentence_encoder"]
+__all__ = ["SentenceEncoder", "TextPreprocessor", "check_module_types",
+           "is_sentence_transformer", "load_sentence_transformer",
+           "looks_like_sentence_transformer", "sentence_transformer_backbone",
+           "truncate_sentence_encoder"]
 
 
 def looks_like_sentence_transformer(value):
@@ -90,12 +93,21 @@ def _transformer_blocks(st_model):
     return blocks
 
 
-def load_sentence_transformer(name_or_path):
-    """Load a sentence-transformers encoder as a :class:`Backbone`."""
+def load_sentence_transformer(name_or_path, trusted=None):
+    """Load a sentence-transformers encoder as a :class:`Backbone`.
+
+    ``trusted`` (a tuple of classes) is given by :func:`sktl.load`: the
+    module types the folder's ``modules.json`` names are checked first (see
+    :func:`check_module_types`). Remote code is never run: sentence-transformers
+    and transformers get ``trust_remote_code=False`` (no ``auto_map``).
+    """
     from sentence_transformers import SentenceTransformer
 
     try:
-        st_model = SentenceTransformer(str(name_or_path), device="cpu")
+        if trusted is not None:
+            check_module_types(name_or_path, trusted)
+        st_model = SentenceTransformer(str(name_or_path), device="cpu",
+                                       trust_remote_code=False)
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         raise WeightsUnavailableError(
@@ -106,6 +118,29 @@ def load_sentence_transformer(name_or_path):
         ) from exc
     return sentence_transformer_backbone(
         st_model, {"kind": "sentence_transformers", "name": str(name_or_path)})
+
+
+def check_module_types(name_or_path, trusted):
+    """Raise :class:`~sktl.exceptions.UntrustedTypeError` if ``modules.json``
+    names a module class outside the trusted packages and ``trusted``.
+
+    ``SentenceTransformer(folder)`` imports every ``"type"`` listed there, so
+    a crafted folder could name any module: the names are checked before it
+    is built, and nothing is imported here. (The module types nested in a
+    module's own configuration, such as a ``Router``'s, are refused by
+    sentence-transformers itself under ``trust_remote_code=False``.)
+    """
+    from sentence_transformers.util import load_file_path
+
+    path = load_file_path(str(name_or_path), "modules.json")
+    if path is None:  # a plain transformers model: sentence-transformers adds its own modules
+        return
+    with open(path, encoding="utf-8") as fh:
+        modules = json.load(fh)
+    where = f"The modules.json of sentence-transformers model {str(name_or_path)!r}"
+    for entry in modules if isinstance(modules, list) else [modules]:
+        check_type_name(entry.get("type") if isinstance(entry, dict) else entry,
+                        trusted, where)
 
 
 def is_sentence_transformer(value):
