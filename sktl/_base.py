@@ -101,10 +101,10 @@ class BackboneEstimatorMixin:
             self._sample_shape = tuple(int(d) for d in X.shape[1:])
             return
         expected = getattr(self, "_sample_shape", None)
-        if expected is not None and tuple(X.shape[1:]) != expected:
+        if expected is not None and tuple(X.shape[1:]) != tuple(expected):
             raise ValueError(
                 f"X has samples of shape {tuple(X.shape[1:])}, but {type(self).__name__} "
-                f"was fitted on samples of shape {expected}.")
+                f"was fitted on samples of shape {tuple(expected)}.")
 
     # -- randomness -----------------------------------------------------------
     def _torch_seed(self):

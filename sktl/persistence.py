@@ -64,7 +64,7 @@ _TMP_PREFIX, _TMP_SUFFIX = ".sktl-", ".tmp"
 # Fitted attributes stored in JSON, per estimator; arrays keep their dtype.
 _FITTED = ("classes_", "n_features_in_", "feature_names_in_", "n_blocks_",
            "n_features_out_", "block_names_", "_y_mean", "_y_scale", "_y_1d",
-           "_float32_frozen_blocks")
+           "_float32_frozen_blocks", "_sample_shape")
 
 
 def _estimator_classes():

@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from conftest import TinyNet
 from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
@@ -175,3 +174,17 @@ def test_feature_extractor_and_adapter_reject_boolean_counts(data):
         FeatureExtractor(TinyNet, batch_size=True).fit(X)
     with pytest.raises(InvalidParameterError, match="max_iter"):
         DomainAdaptTransformer("ot", max_iter=True).fit(X, np.r_[y[:24], [-1] * 24])
+
+
+def test_a_loaded_model_checks_the_sample_shape_too(data, tmp_path):
+    import sktl
+
+    rng = np.random.RandomState(0)
+    X3 = rng.normal(size=(48, 5, 4)).astype("float32")
+    clf = TransferClassifier(nn.Flatten, unfreeze=0, max_epochs=1,
+                             random_state=0).fit(X3, np.arange(48) % 2)
+    sktl.save(clf, tmp_path / "model")
+    loaded = sktl.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.predict(X3), clf.predict(X3))
+    with pytest.raises(ValueError, match=r"\(5, 3\)"):
+        loaded.predict(rng.normal(size=(3, 5, 3)).astype("float32"))
