@@ -98,6 +98,9 @@ class BackboneEstimatorMixin:
         seen in fit: scikit-learn's check reads ``X.shape[1]`` only, and a
         wrong last axis would reach the network as a raw torch error."""
         if reset:
+            if 0 in X.shape[1:]:
+                raise ValueError(f"X has samples of shape {tuple(X.shape[1:])}, which hold "
+                                 "no value; each sample needs at least one feature.")
             self._sample_shape = tuple(int(d) for d in X.shape[1:])
             return
         expected = getattr(self, "_sample_shape", None)

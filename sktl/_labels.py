@@ -28,8 +28,9 @@ def check_label_types(y, *, what="y"):
     """
     if isinstance(y, np.ndarray) and y.dtype != object:
         return  # one dtype: numbers, or strings, throughout
-    values = y.tolist() if hasattr(y, "tolist") else list(y)
-    if values and isinstance(values[0], list):  # a 2-D list: leave it to the 1-D check
+    try:  # dtype=object keeps the values as given
+        values = np.asarray(y, dtype=object).ravel().tolist()
+    except (TypeError, ValueError):  # ragged or not array-like: left to the usual checks
         return
     numeric = [_is_number(v) and not (v == -1) for v in values]
     textual = [isinstance(v, (str, np.str_)) for v in values]

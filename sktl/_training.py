@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 import numpy as np
 import torch
 from skorch import NeuralNet
@@ -129,15 +133,50 @@ def diverged(value, where, hint):
         "outliers); the previous fitted model, if any, is unchanged.")
 
 
+@contextlib.contextmanager
+def _watch_sigint():
+    """Record whether a real SIGINT (Ctrl-C) arrives meanwhile.
+
+    skorch's ``partial_fit`` catches every ``KeyboardInterrupt``, because
+    skorch's own ``EarlyStopping`` (and any callback that stops training)
+    raises one to end the epoch loop. Only a signal tells a user's Ctrl-C
+    apart. The previous handler still runs (it raises the
+    KeyboardInterrupt). Signals reach only the main thread, where alone a
+    handler can be set: elsewhere nothing is watched.
+    """
+    seen = {"sigint": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, None):  # ignored, or set outside Python: leave it
+        yield seen
+        return
+
+    def handler(signum, frame):
+        seen["sigint"] = True
+        if callable(previous):
+            previous(signum, frame)
+        else:  # SIG_DFL would end the process: stop the fit as Python's default does
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _TransferNet(NeuralNet):
     """skorch net that hands only trainable parameters to the optimizer and
     lets a Ctrl-C reach the caller.
 
-    skorch's ``partial_fit`` catches ``KeyboardInterrupt`` and returns a
-    half-trained net as if training had finished; here the interrupt is
-    raised again once skorch's ``on_train_end`` callbacks have run, so that
-    ``fit`` (and a ``GridSearchCV`` around it) stops and the estimator's
-    previous fitted state is restored.
+    skorch's ``partial_fit`` catches ``KeyboardInterrupt`` (the way its
+    callbacks stop training) and returns a half-trained net as if training
+    had finished. A real Ctrl-C during training is raised again here, once
+    skorch's ``on_train_end`` callbacks have run, so that ``fit`` (and a
+    ``GridSearchCV`` around it) stops and the estimator's previous fitted
+    state is restored; early stopping still ends training normally.
     """
 
     def get_all_learnable_params(self):
@@ -145,19 +184,11 @@ class _TransferNet(NeuralNet):
             if param.requires_grad:
                 yield name, param
 
-    def fit_loop(self, X, y=None, **fit_params):
-        try:
-            return super().fit_loop(X, y, **fit_params)
-        except KeyboardInterrupt as exc:
-            self.__dict__["_interrupted"] = exc
-            raise
-
     def partial_fit(self, X, y=None, classes=None, **fit_params):
-        self.__dict__["_interrupted"] = None
-        super().partial_fit(X, y, classes, **fit_params)
-        interrupted = self.__dict__.pop("_interrupted", None)
-        if interrupted is not None:
-            raise interrupted
+        with _watch_sigint() as seen:
+            super().partial_fit(X, y, classes, **fit_params)
+        if seen["sigint"]:
+            raise KeyboardInterrupt
         return self
 
     def infer(self, x, **fit_params):

@@ -445,10 +445,10 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
     def _encode_labelled(self, y):
         encoder = LabelEncoder().fit(y)
         if len(encoder.classes_) < 2:
-            raise ValueError(
-                f"y contains only one class ({encoder.classes_[0]!r}); a "
-                "classifier needs samples of at least two classes."
-            )
+            found = (f"only one class ({encoder.classes_[0]!r})" if len(encoder.classes_)
+                     else "no labelled row (every label is -1, unlabelled)")
+            raise ValueError(f"y contains {found}; a classifier needs samples of at least "
+                             "two classes.")
         targets = encoder.transform(y).astype(np.int64)
         return targets, len(encoder.classes_), {"classes_": encoder.classes_}
 

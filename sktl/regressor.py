@@ -7,6 +7,7 @@ from sklearn.base import RegressorMixin
 from torch import nn
 
 from ._base import TransferEstimator
+from ._inference import check_finite
 
 __all__ = ["TransferRegressor"]
 
@@ -76,8 +77,12 @@ class TransferRegressor(RegressorMixin, TransferEstimator):
             y = y[:, None]
         if not np.isfinite(y).all():
             raise ValueError("Input y contains NaN or infinity.")
-        mean = y.mean(axis=0)
-        scale = y.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, scale = y.mean(axis=0), y.std(axis=0)
+        if not (np.isfinite(mean).all() and np.isfinite(scale).all()):
+            raise ValueError(f"y holds values up to {np.abs(y).max():.3g}, too large for "
+                             "their mean and spread in float64; scale the targets (e.g. "
+                             "TransformedTargetRegressor with a StandardScaler).")
         scale[scale == 0] = 1.0
         targets = ((y - mean) / scale).astype(np.float32)
         attrs = {"_y_mean": mean, "_y_scale": scale, "_y_1d": one_d}
@@ -98,5 +103,9 @@ class TransferRegressor(RegressorMixin, TransferEstimator):
         -------
         ndarray of shape (n_samples,) or (n_samples, n_targets)
         """
-        out = self._forward(X).astype(np.float64) * self._y_scale + self._y_mean
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = self._forward(X).astype(np.float64) * self._y_scale + self._y_mean
+        check_finite(out, "The predictions", "the targets' scale makes them overflow "
+                     "float64 for these inputs; scale the targets in fit (e.g. "
+                     "TransformedTargetRegressor with a StandardScaler)")
         return out[:, 0] if self._y_1d else out

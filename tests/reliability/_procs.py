@@ -34,6 +34,29 @@ def spawn(script, *args, **popen):
                             env=child_env(), text=True, **popen)
 
 
+#: Child-script prelude (unindented: put it before a dedented script): a root
+#: child gives up the capabilities that let root write to a read-only file or
+#: folder, so that it is refused as any other user would be.
+DROP_ROOT_FILE_POWERS = """
+import ctypes, os, sys
+if sys.platform == "linux" and os.geteuid() == 0:
+    class _Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class _Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _header, _data = _Header(0x20080522, 0), (_Data * 2)()  # capability API v3
+    if _libc.capget(ctypes.byref(_header), _data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    _mask = ~((1 << 1) | (1 << 2) | (1 << 3))  # DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER
+    _data[0].effective &= _mask
+    _data[0].permitted &= _mask
+    if _libc.capset(ctypes.byref(_header), _data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+"""
+
+
 def finish(proc, timeout=180):
     """Wait for a child; return its stdout, failing with its stderr if it failed."""
     try:

@@ -4,11 +4,12 @@ writers, concurrent writers, read-only folders and replaced image files."""
 import os
 import signal
 import stat
+import textwrap
 import time
 
 import numpy as np
 import pytest
-from _procs import finish, spawn
+from _procs import DROP_ROOT_FILE_POWERS, finish, spawn
 from conftest import TinyNet
 
 import sktl._cache
@@ -308,22 +309,40 @@ def test_a_read_only_folder_gives_correct_features_with_a_warning(blobs, tmp_pat
     X = blobs[0][:40]
     folder = tmp_path / "cache"
     _extractor(FeatureCache(directory=folder)).fit(X[:20]).transform(X[:20])
+    np.save(tmp_path / "X.npy", X)
     _set_writable(folder, False)
     try:
-        try:
-            (folder / "probe").touch()
-        except PermissionError:
-            pass
-        else:
-            pytest.skip("chmod does not stop this user (root) from writing")
-        cache = FeatureCache(directory=folder)
-        with pytest.warns(RuntimeWarning, match="could not write"):
-            got = _extractor(cache).fit(X).transform(X)
-        assert cache.disk_hits == 20
+        # In a child that, when run as root (as CI is), has given up root's
+        # power to write to read-only files: the folder is read-only to it.
+        out = finish(spawn(DROP_ROOT_FILE_POWERS + textwrap.dedent("""
+            import warnings
+            import numpy as np
+            from conftest import TinyNet
+            from sktl import FeatureCache, FeatureExtractor
+
+            folder, base = sys.argv[1], sys.argv[2]
+            try:
+                open(os.path.join(folder, "probe"), "w").close()
+                print("writable")
+                sys.exit(0)
+            except PermissionError:
+                pass
+            X = np.load(os.path.join(base, "X.npy"))
+            cache = FeatureCache(directory=folder)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got = FeatureExtractor(TinyNet, random_state=0, cache=cache).fit(X).transform(X)
+            np.save(os.path.join(base, "got.npy"), got)
+            warned = any("could not write" in str(w.message) for w in caught)
+            print(cache.disk_hits, warned)
+        """), folder, tmp_path))
     finally:
         _set_writable(folder, True)
-    np.testing.assert_allclose(got, _extractor(False).fit(X).transform(X), rtol=1e-6,
-                               atol=1e-7)
+    if out.split() == ["writable"]:
+        pytest.skip("this platform lets the child write to a read-only folder")
+    assert out.split() == ["20", "True"], out
+    np.testing.assert_allclose(np.load(tmp_path / "got.npy"),
+                               _extractor(False).fit(X).transform(X), rtol=1e-6, atol=1e-7)
 
 
 # -- item 7: image files are keyed by content -----------------------------------

@@ -48,6 +48,8 @@ def make(case):
     # (estimator, fit arguments, parameters that make a fit last for ever)
     if case == "finetune":
         return tc(unfreeze="all"), (X, y), {"max_epochs": 10**6}
+    if case == "early_stopping":  # skorch stops by a KeyboardInterrupt of its own
+        return tc(unfreeze="all", early_stopping=10**6), (X, y), {"max_epochs": 10**6}
     if case == "head_only":
         return tc(unfreeze=0), (X, y), {"max_epochs": 10**6}
     if case == "prefix":
@@ -100,7 +102,7 @@ for case in cases:
         print(case, "INTERRUPTED", "UNCHANGED" if unchanged else "CHANGED", flush=True)
 """
 
-CASES = ["finetune", "head_only", "prefix", "regressor", "distillation", "contrastive",
+CASES = ["finetune", "early_stopping", "head_only", "prefix", "regressor", "distillation", "contrastive",
          "detector", "grid_search"]
 
 
@@ -139,3 +141,18 @@ def interrupted(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES)
 def test_sigint_during_fit_reaches_the_caller_and_keeps_the_model(case, interrupted):
     assert interrupted.get(case) == ["INTERRUPTED", "UNCHANGED"], interrupted
+
+
+def test_early_stopping_still_ends_a_fit_normally():
+    """skorch's EarlyStopping ends training by raising KeyboardInterrupt:
+    that one must not reach the caller."""
+    import numpy as np
+    from conftest import TinyNet
+
+    from sktl import TransferClassifier
+
+    rng = np.random.RandomState(0)
+    X, y = rng.normal(size=(60, 4)).astype("float32"), np.arange(60) % 2  # noise
+    clf = TransferClassifier(TinyNet, unfreeze="all", lr=0.05, max_epochs=300,
+                             early_stopping=2, random_state=0).fit(X, y)
+    assert len(clf.history_) < 300
