@@ -9,7 +9,7 @@ shape, or raises an exception that sktl (or scikit-learn's input
 validation) raised on purpose with a message; never a NaN, a raw torch or
 numpy error from deep inside, or a crash.
 
-The budget is small in CI (``SKTL_FUZZ_EXAMPLES``, default 25 examples per
+The budget is small in CI (``SKTL_FUZZ_EXAMPLES``, default 50 examples per
 test, a fifth of it for whole CNNs and detectors, derandomised so that CI
 is reproducible); raise it to hunt:
 ``SKTL_FUZZ_EXAMPLES=2000 SKTL_FUZZ_SEED=random pytest tests/reliability/test_fuzz.py``.
@@ -43,7 +43,7 @@ from sktl import (
     TransferRegressor,
 )
 
-EXAMPLES = int(os.environ.get("SKTL_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("SKTL_FUZZ_EXAMPLES", "50"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 derandomize=os.environ.get("SKTL_FUZZ_SEED") != "random",
                 suppress_health_check=list(HealthCheck), print_blob=True)
