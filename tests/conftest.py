@@ -48,6 +48,30 @@ class TinyCNN(nn.Module):
         return self.conv2(self.conv1(x))
 
 
+class ReadsInputAgain(nn.Module):
+    """A top that uses the raw input: no clean cut (like ViT's batch size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Flatten(), nn.Linear(144, 8), nn.ReLU())
+        self.block2 = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.block2(self.block1(x)) + x.mean()
+
+
+class SharedAcrossTheCut(nn.Module):
+    """A block that runs below and above the cut (weights used on both sides)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(4, 4)
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.shared(self.a(self.shared(x)))
+
+
 @pytest.fixture(autouse=True)
 def _seed_global_rngs():
     """Each test starts from the same global RNG state, whatever ran before.

@@ -25,19 +25,29 @@ from collections import OrderedDict
 
 import torch
 from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ..exceptions import SaveFormatError
-from ._base import Backbone, default_blocks, pool_features
-from ._inputs import ArrayPreprocessor, ImagePreprocessor
+from ._base import Backbone, call_module, default_blocks, pool_features, to_device
+from ._inputs import (
+    ArrayPreprocessor,
+    ImagePreprocessor,
+    n_samples,
+    take,
+    validate_images,
+    validate_texts,
+)
 from ._sentence_transformers import (
     is_sentence_transformer,
     load_sentence_transformer,
     looks_like_sentence_transformer,
+    rebuild_truncated,
     sentence_transformer_backbone,
     truncate_sentence_encoder,
 )
+from ._split import Split, TokenSplit
 from ._torchvision import is_torchvision_name, load_torchvision, pretrained_transform
 from ._trust import TRUSTED_PACKAGES, check_trusted, resolve_class
 from ._weights import WeightsUnavailableError, load_state_dict_file
@@ -45,15 +55,25 @@ from ._weights import WeightsUnavailableError, load_state_dict_file
 __all__ = [
     "TRUSTED_PACKAGES",
     "Backbone",
+    "Split",
+    "TokenSplit",
     "WeightsUnavailableError",
     "backbone_param",
+    "call_module",
     "check_trusted",
     "is_fitted_sktl_estimator",
+    "load_state_dict_file",
+    "n_samples",
     "pool_features",
     "rebuild_backbone",
     "resolve_backbone",
+    "resolve_class",
     "shared_backbone",
+    "take",
+    "to_device",
     "truncate_sentence_encoder",
+    "validate_images",
+    "validate_texts",
 ]
 
 
@@ -95,7 +115,9 @@ def _from_module(module, weights):
     cls = type(module)
     spec = {"kind": "module", "class": f"{cls.__module__}:{cls.__qualname__}", **cls_spec}
     if is_sentence_transformer(module):  # e.g. truncate_sentence_encoder(...): texts in
-        return sentence_transformer_backbone(module, spec)
+        # A truncated encoder keeps its recipe: a save rebuilds it by name.
+        recipe = getattr(module, "_sktl_recipe", None)
+        return sentence_transformer_backbone(module, dict(recipe) if recipe else spec)
     return Backbone(
         module=module,
         blocks=default_blocks(module),
@@ -134,7 +156,7 @@ def resolve_backbone(backbone, weights="DEFAULT"):
     >>> bb.n_features
     512
     """
-    if type(backbone).__name__ == "FrozenEstimator":
+    if isinstance(backbone, FrozenEstimator):
         # sklearn.frozen.FrozenEstimator(source): clone() returns it as is,
         # which lets a grid search range over several fitted sources.
         backbone = backbone.estimator
@@ -145,8 +167,7 @@ def resolve_backbone(backbone, weights="DEFAULT"):
                 "(...) learned (random initialisation). Leave weights='DEFAULT' to "
                 "start from its fitted weights, or pass a checkpoint path."
             )
-        with backbone._model_lock():  # not while a thread's predict cuts it
-            resolved = backbone.backbone_.copy()
+        resolved = backbone.backbone_.copy()
         if weights != "DEFAULT":
             resolved.module.load_state_dict(load_state_dict_file(weights))
         return resolved
@@ -168,7 +189,11 @@ def resolve_backbone(backbone, weights="DEFAULT"):
         return _from_module(backbone, weights)
     key = _source_key(backbone, weights)
     if key is not None:
-        return _loaded(key, "cpu", lambda: _load_named(backbone, weights)).copy()
+        resolved = _loaded(key, "cpu", lambda: _load_named(backbone, weights)).copy()
+        # The kept model may have been handed out frozen (shared_backbone): a
+        # copy to train is trainable, as a fresh load is.
+        resolved.module.requires_grad_(True)
+        return resolved
     if is_torchvision_name(backbone) or looks_like_sentence_transformer(backbone):
         return _load_named(backbone, weights)
     if isinstance(backbone, (str, os.PathLike)):
@@ -295,11 +320,15 @@ def shared_backbone(backbone, weights="DEFAULT", device="cpu"):
 _SPEC_KEYS = {"torchvision": {"kind", "name", "transform"},
               "sentence_transformers": {"kind", "name"},
               "module": {"kind", "class", "instance"}}
+#: Keys a spec may have besides its kind's: the layers a truncated
+#: sentence encoder keeps (truncate_sentence_encoder).
+_OPTIONAL_KEYS = {"sentence_transformers": {"layers"}}
 
 
 def _check_spec(spec):
     kind = spec.get("kind") if isinstance(spec, dict) else None
-    if kind not in _SPEC_KEYS or set(spec) != _SPEC_KEYS[kind]:
+    if kind not in _SPEC_KEYS or not (
+            _SPEC_KEYS[kind] <= set(spec) <= _SPEC_KEYS[kind] | _OPTIONAL_KEYS.get(kind, set())):
         raise SaveFormatError(
             f"Cannot rebuild a backbone from spec {spec!r}: expected the keys "
             f"{sorted(_SPEC_KEYS.get(kind, {'kind'}))} of one of the kinds {sorted(_SPEC_KEYS)}.")
@@ -308,6 +337,9 @@ def _check_spec(spec):
                               "its constructor arguments are unknown.")
     if not isinstance(spec.get("name", ""), str):
         raise SaveFormatError(f"The backbone name {spec['name']!r} is not a string.")
+    layers = spec.get("layers", 1)
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise SaveFormatError(f"The backbone's layers {layers!r} is not a positive integer.")
     if kind == "torchvision":
         import torchvision
 
@@ -351,5 +383,7 @@ def rebuild_backbone(spec, trusted=()):
         backbone.spec = dict(spec)
         return backbone
     if kind == "sentence_transformers":
+        if "layers" in spec:
+            return rebuild_truncated(spec["name"], spec["layers"], trusted)
         return load_sentence_transformer(spec["name"], trusted=trusted)
     return _from_module(backbone_param(spec, trusted), "DEFAULT")

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "default_blocks", "named_blocks", "pool_features"]
+__all__ = ["Backbone", "call_module", "default_blocks", "named_blocks", "pool_features",
+           "to_device"]
 
 
 @dataclass
@@ -77,6 +78,62 @@ class Backbone:
             )
         return self.blocks[index][1]
 
+    def split(self, n_frozen, probe, device="cpu"):
+        """Cut the backbone after its first ``n_frozen`` blocks, checked on ``probe``.
+
+        The frozen bottom's output is what a fit with ``unfreeze=k`` (``k =
+        len(blocks) - n_frozen``) stores per sample, and the top trains on it.
+        The model is not modified: both halves are new modules that hold the
+        backbone's own blocks, so training the top trains the backbone, and
+        predictions through the split and through ``module`` may run in
+        several threads at once (see :mod:`sktl.backbones._split`).
+
+        Parameters
+        ----------
+        n_frozen : int
+            Blocks below the cut, ``1 <= n_frozen < len(blocks)``. (With none
+            frozen there is nothing to store; with all of them frozen the
+            stored rows are ``module``'s features themselves.)
+        probe : array-like or sequence
+            Raw samples (as given to ``preprocess``); the split is checked
+            against the full forward pass, in eval mode, on the first two.
+            The check also finds the form of a row (``Split.row_spec``).
+        device : str or torch.device, default="cpu"
+            Where ``module`` is.
+
+        Returns
+        -------
+        Split or None
+            ``None`` when the backbone cannot be cut there: a model
+            ``torch.fx`` cannot trace (sentence-transformers encoders other
+            than BERT-like ones), a top that reads the raw input again, a
+            parameter used on both sides of the cut, or a split that does
+            not reproduce the full forward pass on ``probe``.
+
+        Raises
+        ------
+        ValueError
+            If ``n_frozen`` is outside ``1 .. len(blocks) - 1``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sktl.backbones import call_module
+        >>> from sktl.backbones import resolve_backbone
+        >>> bb = resolve_backbone("resnet18", weights=None)
+        >>> X = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+        >>> split = bb.split(4, X)  # layer4 trains
+        >>> split.block_name, split.row_spec.shape
+        ('layer3', (256, 2, 2))
+        >>> batch = bb.preprocess(X)
+        >>> rows = split.rows(split.frozen(batch), batch)
+        >>> tuple(call_module(split.top, split.collate(rows)).shape)
+        (2, 512)
+        """
+        from ._split import split_backbone
+
+        return split_backbone(self, n_frozen, probe, device)
+
     def fingerprint(self):
         """A sha256 of the architecture recipe and every weight and buffer.
 
@@ -122,6 +179,18 @@ def _state_token(module):
                      for name, t in module.state_dict(keep_vars=True).items())
     except RuntimeError:
         return None
+
+
+def to_device(batch, device):
+    """A preprocessed batch (a tensor, or a dict of tensors) on ``device``."""
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
+def call_module(module, batch):
+    """Tokenised inputs are dicts passed as keywords; tensors positionally."""
+    return module(**batch) if isinstance(batch, dict) else module(batch)
 
 
 def pool_features(out: Any, pooling: str = "mean", attention_mask=None):

@@ -227,8 +227,10 @@ class ImagePreprocessor:
         raise ValueError(f"Images have {c} channels; the backbone expects "
                          f"{self.channels}.")
 
-    def _finish(self, x):
+    def _finish(self, x, augment=None):
         x = self._fix_channels(x)
+        if augment is not None:  # on [0, 1] pixels, before normalisation
+            x = augment(x)
         if self.transform is not None:
             return self.transform(x)
         if self.mean is not None and x.shape[-3] == len(self.mean):
@@ -237,11 +239,14 @@ class ImagePreprocessor:
             x = (x - mean) / std
         return x.contiguous()
 
-    def __call__(self, batch):
+    def __call__(self, batch, augment=None):
+        """A batch of raw images -> a float tensor; ``augment`` (training
+        batches only) transforms the images in ``[0, 1]`` before the
+        backbone's normalisation."""
         if isinstance(batch, np.ndarray) and batch.dtype != object:
-            return self._finish(_array_to_nchw(batch))
+            return self._finish(_array_to_nchw(batch), augment)
         # Lists may mix sizes: finish each image, then stack.
-        out = [self._finish(_array_to_nchw(_pil_to_array(_load_image(x))[None]))[0]
+        out = [self._finish(_array_to_nchw(_pil_to_array(_load_image(x))[None]), augment)[0]
                for x in batch]
         sizes = {tuple(t.shape) for t in out}
         if len(sizes) > 1:
@@ -256,5 +261,6 @@ class ImagePreprocessor:
 class ArrayPreprocessor:
     """Numeric arrays -> float32 tensors, shape unchanged (for user modules)."""
 
-    def __call__(self, batch):
-        return torch.as_tensor(np.asarray(batch, dtype=np.float32))
+    def __call__(self, batch, augment=None):
+        x = torch.as_tensor(np.asarray(batch, dtype=np.float32))
+        return x if augment is None else augment(x)

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from .._cache import RowSpec
 from ._base import Backbone, default_blocks
+from ._split import TokenSplit, sharing_copy
 from ._trust import check_type_name
 from ._weights import WeightsUnavailableError
 
-__all__ = ["SentenceEncoder", "TextPreprocessor", "check_module_types",
+__all__ = ["SentenceEncoder", "TextPreprocessor", "check_module_types", "rebuild_truncated",
            "is_sentence_transformer", "load_sentence_transformer",
            "looks_like_sentence_transformer", "sentence_transformer_backbone",
-           "truncate_sentence_encoder"]
+           "split_sentence_encoder", "truncate_sentence_encoder"]
 
 
 def looks_like_sentence_transformer(value):
@@ -66,7 +70,9 @@ class TextPreprocessor:
                 "do_lower_case": getattr(first, "do_lower_case", None),
                 "prompt": self._prompt()}
 
-    def __call__(self, texts):
+    def __call__(self, texts, augment=None):
+        if augment is not None:  # training batches only: a list of str in, one out
+            texts = list(augment(list(texts)))
         # sentence-transformers >= 6 names it preprocess; older ones tokenize.
         tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize
         prompt = self._prompt()
@@ -144,10 +150,10 @@ def check_module_types(name_or_path, trusted):
 
 
 def is_sentence_transformer(value):
-    """A ``sentence_transformers.SentenceTransformer`` instance (without importing it)."""
-    return any(c.__name__ == "SentenceTransformer"
-               and c.__module__.startswith("sentence_transformers")
-               for c in type(value).__mro__)
+    """A ``sentence_transformers.SentenceTransformer`` instance (without
+    importing the package: if it is not imported, nothing is an instance)."""
+    module = sys.modules.get("sentence_transformers")
+    return module is not None and isinstance(value, module.SentenceTransformer)
 
 
 def sentence_transformer_backbone(st_model, spec):
@@ -192,8 +198,13 @@ def truncate_sentence_encoder(name_or_path, n_layers):
         If ``n_layers`` is out of range, or the encoder has no BERT-like
         ``encoder.layer`` list to cut.
     """
-    backbone = load_sentence_transformer(name_or_path)
-    st_model = backbone.module.model
+    return _truncate(load_sentence_transformer(name_or_path).module.model, name_or_path,
+                     n_layers)
+
+
+def _truncate(st_model, name_or_path, n_layers):
+    """``st_model`` cut to its first ``n_layers`` layers, in place; it keeps
+    the recipe that rebuilds it (:func:`sktl.save` stores it)."""
     auto = getattr(st_model[0], "auto_model", None)
     layers = getattr(getattr(auto, "encoder", None), "layer", None)
     if layers is None:
@@ -204,4 +215,100 @@ def truncate_sentence_encoder(name_or_path, n_layers):
                          f"got {n_layers}.")
     auto.encoder.layer = nn.ModuleList(list(layers)[: int(n_layers)])
     auto.config.num_hidden_layers = int(n_layers)
+    st_model._sktl_recipe = {"kind": "sentence_transformers", "name": str(name_or_path),
+                             "layers": int(n_layers)}
     return st_model
+
+
+def rebuild_truncated(name_or_path, n_layers, trusted):
+    """The backbone of a saved :func:`truncate_sentence_encoder` student."""
+    st_model = load_sentence_transformer(name_or_path, trusted=trusted).module.model
+    st_model = _truncate(st_model, name_or_path, n_layers)
+    return sentence_transformer_backbone(st_model, dict(st_model._sktl_recipe))
+
+
+# -- frozen bottom and trainable top (see sktl.backbones._split) ---------------------
+class _GivenEmbeddings(nn.Module):
+    """Stands in for a BERT-like model's embedding layer in the top of a split:
+    hands back the stored token states it is given as ``inputs_embeds``."""
+
+    def forward(self, *args, inputs_embeds=None, **kwargs):
+        return inputs_embeds
+
+
+class _TokenStates(nn.Module):
+    """The bottom of a split encoder: tokenised texts -> the last frozen
+    layer's token states ``(n, n_tokens, hidden_size)``, padded.
+
+    ``transformer`` is a copy of the encoder's first module (the
+    sentence-transformers ``Transformer``) whose layer list holds the frozen
+    layers only; it reads the batch's keys as it always does.
+    """
+
+    def __init__(self, transformer):
+        super().__init__()
+        self.transformer = transformer
+        self.output_name = getattr(transformer, "module_output_name", "token_embeddings")
+
+    def forward(self, **features):
+        return self.transformer(dict(features))[self.output_name]
+
+
+def _bert_layout(backbone):
+    """``(Transformer module, its transformers model, its layer list)`` of a
+    BERT-like encoder whose blocks are the embeddings then each layer, or
+    ``None``."""
+    try:
+        transformer = backbone.module.model[0]
+        auto = transformer.auto_model
+        embeddings, layers = auto.embeddings, auto.encoder.layer
+    except (AttributeError, TypeError, IndexError, KeyError):
+        return None
+    if not isinstance(layers, nn.ModuleList):
+        return None
+    expected = [embeddings, *layers]
+    found = [mods[-1] for _, mods in backbone.blocks[:len(expected)]]
+    if len(found) < len(expected) or any(a is not b for a, b in zip(found, expected)):
+        return None
+    return transformer, auto, layers
+
+
+def split_sentence_encoder(backbone, n_frozen):
+    """Cut a BERT-like sentence-transformers backbone after ``n_frozen`` blocks.
+
+    Blocks are the embeddings, then each encoder layer (``n_frozen=1``
+    freezes the embeddings only: rows are their output). The model itself
+    is never changed: both halves are parallel module trees
+    (:func:`~sktl.backbones._split.sharing_copy`) that hold the model's own
+    layers.
+
+    * The bottom runs the encoder's ``Transformer`` module with a layer list
+      of the frozen layers only (and no pooler), and returns its token
+      states.
+    * The top runs the whole encoder (``backbone.module``: its pooling,
+      normalisation and projection layers too) with the embedding layer
+      replaced by one returning the ``inputs_embeds`` it is given and a
+      layer list of the unfrozen layers. Called with
+      ``inputs_embeds=states, attention_mask=mask``, the transformers model
+      prepares the attention mask itself, as its version does.
+
+    Returns
+    -------
+    TokenSplit or None
+        Unchecked (see :func:`~sktl.backbones._split.verified`); ``None``
+        for encoders of another layout, and for cuts among the projection
+        layers after pooling.
+    """
+    layout = _bert_layout(backbone)
+    if layout is None or n_frozen > len(layout[2]) + 1:
+        return None
+    transformer, auto, layers = layout
+    below, above = list(layers)[:n_frozen - 1], list(layers)[n_frozen - 1:]
+    frozen = {id(layers): nn.ModuleList(below)}
+    if getattr(auto, "pooler", None) is not None:  # pools for no one here
+        frozen[id(auto.pooler)] = None
+    top = {id(auto.embeddings): _GivenEmbeddings(), id(layers): nn.ModuleList(above)}
+    return TokenSplit(backbone.blocks[n_frozen - 1][0],
+                      _TokenStates(sharing_copy(transformer, frozen)),
+                      sharing_copy(backbone.module, top),
+                      RowSpec(np.float32, (None, auto.config.hidden_size)))
