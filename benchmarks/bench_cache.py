@@ -25,9 +25,9 @@
     ``GridSearchCV(TransferClassifier(cnn, max_epochs=3), {"unfreeze": [0, 1, 2],
     "lr": [1e-3, 1e-2]}, cv=3)`` on Fashion-MNIST images (28x28, resized by the
     CNN's pretrained preprocessing to 224x224): time with
-    ``cache_prefix=False`` (the frozen blocks run every epoch) over time with
-    the default ``cache_prefix=True``; the feature cache is on (a fresh one)
-    in both. ``cnn`` is ``mobilenet_v3_small``; ``prefix_speedup_resnet18``
+    ``cache=FeatureCache(prefix=False)`` (the frozen blocks of a partial
+    fine-tune run every epoch) over time with ``cache=FeatureCache()``
+    (they run once per image); a fresh cache in both. ``cnn`` is ``mobilenet_v3_small``; ``prefix_speedup_resnet18``
     is the same on ``resnet18`` with fewer images. The weights come from a
     local checkpoint with random values: they do not change the cost, and a
     checkpoint keeps the pretrained preprocessing (nothing is downloaded).
@@ -167,10 +167,9 @@ def measure_prefix(cnn, n_images, epochs):
     with tempfile.TemporaryDirectory() as folder:
         weights = _random_checkpoint(cnn, folder)
 
-        def search(cache_prefix):
+        def search(prefix):
             clf = TransferClassifier(cnn, weights=weights, max_epochs=epochs, batch_size=32,
-                                     random_state=0, cache=FeatureCache(),
-                                     cache_prefix=cache_prefix)
+                                     random_state=0, cache=FeatureCache(prefix=prefix))
             return GridSearchCV(clf, PREFIX_GRID, cv=3).fit(X, y)
 
         times, outputs, _ = alternate({"prefix": lambda: search(True),

@@ -1,10 +1,10 @@
-"""Deep domain adaptation: a small CNN trained MNIST -> USPS with each domain_loss vs source-only.
+"""Deep domain adaptation: a small CNN trained MNIST -> USPS with each domain loss vs source-only.
 
 Data: the JDA MNIST-USPS files (2000 MNIST, 1800 USPS, 16x16 grey, raw [0, 1]
 pixels). ``source_only_acc``: ``TransferClassifier(DigitsCNN, unfreeze="all")``
 fit on the labelled MNIST rows only. ``coral_acc`` / ``mmd_acc`` / ``dann_acc``:
 the same network and settings fit on MNIST rows plus the unlabelled USPS rows
-(``y = -1``) with ``domain_loss=...``. Every figure is the USPS accuracy (%)
+(``y = -1``) with ``criterion=DomainAwareLoss(name, weight)``. Every figure is the USPS accuracy (%)
 averaged over ``seeds`` random states; USPS labels are read only to report
 it, never to train or choose anything. ``best_gain``: best domain loss minus
 source-only, in points. Settings (epochs, lr, weights) are fixed in advance,
@@ -45,11 +45,13 @@ class DigitsCNN(nn.Module):
 
 def _fit_score(X, y, Xt, yt, *, domain_loss, seed, epochs):
     from sktl import TransferClassifier
+    from sktl.losses import DomainAwareLoss
 
+    criterion = (None if domain_loss is None
+                 else DomainAwareLoss(domain_loss, WEIGHTS.get(domain_loss, 1.0)))
     clf = TransferClassifier(DigitsCNN, unfreeze="all", lr=LR, backbone_lr=LR,
                              max_epochs=epochs, batch_size=64, random_state=seed,
-                             domain_loss=domain_loss,
-                             domain_weight=WEIGHTS.get(domain_loss, 1.0))
+                             criterion=criterion)
     start = time.perf_counter()
     clf.fit(X, y)
     return 100 * clf.score(Xt, yt), time.perf_counter() - start

@@ -16,20 +16,20 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
 * ``probe``: ``FeatureExtractor`` + ``LogisticRegression()`` (frozen encoder);
 * ``setfit``: the ``setfit`` package, paper settings (``num_iterations=20``,
   ``num_epochs=1``, ``batch_size=16``, body LR 2e-5, logistic-regression head);
-* ``contrastive``: ``TransferClassifier(strategy="contrastive",
-  unfreeze="all", backbone_lr=5e-5, pair_sampling="batch",
-  contrastive_loss="supcon", contrastive_schedule="linear",
-  contrastive_temperature=T, batch_size=16)`` with T by N
-  (``CONTRASTIVE_TEMPERATURE``: 0.5 at N=8, 0.1 at N=64, the nearest of
-  the two on a log scale for another N), every other parameter at
-  its default (20 pair iterations, 1 epoch, logistic-regression head with
-  C=1): every layer moves, as in SetFit, with SetFit's warm-up and linear
-  decay, but each step is a class-balanced batch of 16 sentences in which
-  every pair counts, under the supervised contrastive loss (SetFit: 16
-  listed pairs, up to 32 sentences, per step, and 40 pairs per training
-  sentence where sktl takes 20 sentence slots per training sentence), so
-  an epoch costs about a quarter of SetFit's forward passes (fit time
-  ratio about 0.3, model loading and the head included).
+* ``contrastive``: ``ContrastiveClassifier(encoder, random_state=seed)``,
+  every parameter at its default, which is the configuration below: every
+  layer moves (``unfreeze="all"``), as in SetFit, at ``lr=5e-5`` with
+  SetFit's warm-up and linear decay (``lr_schedule="linear"``), but each
+  step is a class-balanced batch of 16 sentences in which every pair
+  counts, under the supervised contrastive loss (``criterion="supcon"``)
+  at a temperature set by the median number of sentences per class
+  (``temperature="auto"``, :func:`sktl.fewshot.auto_temperature`: 0.5 at
+  N=8, 0.1 at N=64, the nearest of the two on a log scale for another N),
+  20 pair iterations, 1 epoch, and a logistic-regression head with C=1
+  (SetFit: 16 listed pairs, up to 32 sentences, per step, and 40 pairs per
+  training sentence where sktl takes 20 sentence slots per training
+  sentence), so an epoch costs about a quarter of SetFit's forward passes
+  (fit time ratio about 0.3, model loading and the head included).
   This is sktl's strategy of record: ``sktl_acc`` and
   ``fit_time_ratio_vs_setfit`` are its figures. Chosen on dev sets, never
   on a test set (the temperature at N=64 by the ten-draw dev check at
@@ -158,8 +158,8 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
   reproduces SetFit's accuracy, as it should. At N=64 (SST-2 dev, draws 0
   and 1) the first record (T=0.1) reached 79.1 in 109 s per fit (SetFit at N=64 on
   the SST-2 test set: about 420 s per fit);
-* ``finetune``: ``TransferClassifier(strategy="finetune", unfreeze="all",
-  lr=1e-3, backbone_lr=2e-5, max_epochs=20, batch_size=16)``, cross-entropy
+* ``finetune``: ``TransferClassifier(unfreeze="all", lr=1e-3,
+  backbone_lr=2e-5, max_epochs=20, batch_size=16)``, cross-entropy
   end to end with discriminative learning rates, for comparison.
 
 Fit time is wall-clock seconds of ``fit`` (model loading included, for all
@@ -207,28 +207,24 @@ import numpy as np
 
 ALL_DATASETS = ("sst2", "sst5", "cr")
 ALL_METHODS = ("probe", "setfit", "contrastive", "finetune")
-CONTRASTIVE = {"strategy": "contrastive", "unfreeze": "all", "backbone_lr": 5e-5,
-               "pair_sampling": "batch", "contrastive_loss": "supcon",
-               "contrastive_schedule": "linear", "batch_size": 16}
-# The SupCon temperature by labelled sentences per class, each chosen on dev
-# sets (see above): a softer softmax at N=8, a sharper one at N=64.
-CONTRASTIVE_TEMPERATURE = {8: 0.5, 64: 0.1}
-FINETUNE = {"strategy": "finetune", "unfreeze": "all", "lr": 1e-3, "backbone_lr": 2e-5,
-            "max_epochs": 20, "batch_size": 16}
+FINETUNE = {"unfreeze": "all", "lr": 1e-3, "backbone_lr": 2e-5, "max_epochs": 20,
+            "batch_size": 16}
 SKTL_METHODS = ("contrastive", "finetune")
 
 
-def temperature_for(n_per_class):
-    """The dev-chosen temperature of the nearest N on a log scale (an N of
-    22 or less takes N=8's, a larger one N=64's)."""
-    nearest = min(CONTRASTIVE_TEMPERATURE, key=lambda n: abs(np.log(n_per_class / n)))
-    return CONTRASTIVE_TEMPERATURE[nearest]
-
-
 def config(method, n_per_class):
-    """The parameters of sktl's ``method`` for ``n_per_class`` sentences per class."""
+    """The parameters of sktl's ``method`` for ``n_per_class`` sentences per
+    class, as recorded with each run: the contrastive estimator's defaults
+    (what it is called with: only ``backbone`` and ``random_state`` are
+    given) and the temperature they give at that N."""
+    from sktl import ContrastiveClassifier
+    from sktl.fewshot import auto_temperature
+
     if method == "contrastive":
-        return {**CONTRASTIVE, "contrastive_temperature": temperature_for(n_per_class)}
+        params = ContrastiveClassifier().get_params()
+        params.pop("backbone")
+        return {"estimator": "ContrastiveClassifier", **params,
+                "temperature": auto_temperature(n_per_class)}
     if method == "finetune":
         return dict(FINETUNE)
     raise ValueError(f"{method!r} is not one of sktl's strategies {SKTL_METHODS}.")
@@ -288,8 +284,7 @@ def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache, params=None
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from sktl import FeatureExtractor, TransferClassifier
-    from sktl._cache import FeatureCache
+    from sktl import ContrastiveClassifier, FeatureCache, FeatureExtractor, TransferClassifier
 
     start = time.perf_counter()
     if method == "setfit":
@@ -302,6 +297,10 @@ def run_one(method, encoder, X, y, X_test, y_test, seed, test_cache, params=None
         model.fit(X, y)
         fit_s = time.perf_counter() - start
         model.set_params(featureextractor__cache=test_cache)
+    elif method == "contrastive":  # the estimator's defaults: the configuration of record
+        model = ContrastiveClassifier(encoder, random_state=seed)
+        model.fit(X, y)
+        fit_s = time.perf_counter() - start
     else:
         model = TransferClassifier(encoder, random_state=seed, cache=FeatureCache(), **params)
         model.fit(X, y)

@@ -4,7 +4,6 @@ reproducible seeding, cloning and pickling; and the fine-tuning core of
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import warnings
@@ -15,29 +14,51 @@ import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
+from torch import nn
 
 from ._atomic import atomic_fit
-from ._cache import CACHE_CONSTRAINT, RowSpec, extraction_key, resolve_cache
+from ._cache import CACHE_CONSTRAINT, resolve_cache
+from ._config import get_config
 from ._constraints import Count
-from ._distributed import PRECISIONS, autocast, check_precision, distributed_net
-from ._inference import (
+from ._engine import (
     EXTREME_INPUTS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    PRECISIONS,
+    FrozenReader,
+    Rows,
+    TransferModule,
+    autocast,
     check_finite,
+    check_finite_rows,
+    check_precision,
     forward_batches,
+    freeze,
+    make_head,
+    optimizer_class,
+    precompute,
     probe_width,
     resolve_device,
     seeded_torch,
+    split_at,
+    train,
     worker_threads,
 )
-from ._prefix import FrozenReader, prefix_storage, split_frozen_prefix
 from ._streaming import default_chunk_size, is_stream, map_chunks
-from ._training import OPTIMIZERS, RawDataset, TransferModule, build_net, freeze, make_head
-from .backbones import is_fitted_sktl_estimator, resolve_backbone
-from .backbones._inputs import n_samples, validate_images, validate_texts
+from .backbones import (
+    Backbone,
+    is_fitted_sktl_estimator,
+    n_samples,
+    resolve_backbone,
+    validate_images,
+    validate_texts,
+)
+from .callbacks import EarlyStopping
+from .losses import DomainAwareLoss, as_loss
 
-__all__ = ["BackboneEstimatorMixin", "TransferEstimator"]
+__all__ = ["BackboneEstimatorMixin", "TrainingEstimatorMixin", "TransferEstimator"]
 
 
 class BackboneEstimatorMixin:
@@ -52,9 +73,9 @@ class BackboneEstimatorMixin:
     # (it is only read: resolve_backbone deep-copies its backbone).
     def __sklearn_clone__(self):
         params = self.get_params(deep=False)
-        # An accelerate.Accelerator holds this process's distributed state:
-        # shared, never copied.
-        cloned = {k: v if is_fitted_sktl_estimator(v) or k == "accelerator"
+        # An accelerate.Accelerator (as device) holds this process's
+        # distributed state: shared, never copied.
+        cloned = {k: v if is_fitted_sktl_estimator(v) or (k == "device" and is_accelerator(v))
                   else clone(v, safe=False) for k, v in params.items()}
         new = type(self)(**cloned)
         # What sklearn's own clone carries over besides parameters.
@@ -115,11 +136,6 @@ class BackboneEstimatorMixin:
 
     # -- pickling: torch objects go through torch.save so that a model fitted
     # on a GPU loads on a CPU-only machine (map_location).
-    def _model_lock(self):
-        """Held while the fitted model is read whole (pickled, saved, copied
-        as another estimator's backbone); see the classifier's override."""
-        return contextlib.nullcontext()
-
     def _runnable_precision(self, precision):
         """``precision`` on ``device_``: a GPU-trained fp16 model unpickled on
         a CPU machine still predicts, in float32, with a warning."""
@@ -132,16 +148,12 @@ class BackboneEstimatorMixin:
         return precision
 
     def __getstate__(self):
-        with self._model_lock():
-            return self._picklable_state()
-
-    def _picklable_state(self):
         state = dict(super().__getstate__())  # may be self.__dict__ itself
         # Tied to this process's tensors; predictions fall back to the full
         # forward pass after unpickling.
         state.pop("_frozen_reader", None)
         torch_keys = [k for k, v in state.items() if k.endswith("_") and
-                      (isinstance(v, torch.nn.Module) or type(v).__name__ == "Backbone")]
+                      isinstance(v, (torch.nn.Module, Backbone))]
         if torch_keys:
             buffer = io.BytesIO()
             torch.save({k: state.pop(k) for k in torch_keys}, buffer)
@@ -164,247 +176,101 @@ class BackboneEstimatorMixin:
                 self.device_ = "cuda"
 
 
-def _as_tensor(rows):
-    return torch.from_numpy(np.ascontiguousarray(rows))
+def is_accelerator(device):
+    """Whether a ``device`` value is an ``accelerate.Accelerator`` (duck-typed:
+    accelerate is an optional dependency)."""
+    return all(hasattr(device, name) for name in ("prepare", "backward", "device"))
 
 
-class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
-    """Fine-tuning core shared by :class:`~sktl.TransferClassifier` and
-    :class:`~sktl.TransferRegressor` (not for direct use)."""
+#: ``_parameter_constraints`` entry of ``device``: a name, or an accelerator.
+DEVICE_CONSTRAINT = [str, None, HasMethods(["prepare", "backward"])]
+#: ``_parameter_constraints`` entry of ``criterion``: an sktl loss, a torch loss
+#: module (instance or class), or None for the estimator's default.
+CRITERION_CONSTRAINT = [nn.Module, type, None]
 
-    _parameter_constraints = {
-        "backbone": "no_validation",
-        "weights": "no_validation",
-        "unfreeze": [Count(0), StrOptions({"all"})],
-        "head": [StrOptions({"linear", "mlp"}), callable],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "backbone_lr": [Interval(Real, 0, None, closed="left"), None],
-        "max_epochs": [Count(1)],
-        "batch_size": [Count(1)],
-        "optimizer": [StrOptions(set(OPTIMIZERS)), type],
-        "early_stopping": ["boolean", Count(1)],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "device": [str, None],
-        "random_state": ["random_state"],
-        "cache": CACHE_CONSTRAINT,
-        "cache_prefix": ["boolean"],
-        "verbose": ["verbose"],
-        "precision": [StrOptions(set(PRECISIONS))],
-        "accelerator": "no_validation",
-    }
 
-    def __init__(self, backbone="resnet18", *, weights="DEFAULT", unfreeze=0,
-                 head="linear", lr=1e-3, backbone_lr=None, max_epochs=10,
-                 batch_size=32, optimizer="adamw", early_stopping=False,
-                 validation_fraction=0.1, device="auto", random_state=None,
-                 cache=True, cache_prefix=True, verbose=0, precision="32",
-                 accelerator=None):
-        self.backbone = backbone
-        self.weights = weights
-        self.unfreeze = unfreeze
-        self.head = head
-        self.lr = lr
-        self.backbone_lr = backbone_lr
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.device = device
-        self.random_state = random_state
-        self.cache = cache
-        self.cache_prefix = cache_prefix
-        self.verbose = verbose
-        self.precision = precision
-        self.accelerator = accelerator
+def unit_mean(weights, rows):
+    """``weights`` divided by their mean over ``rows`` (other rows unchanged)."""
+    weights = np.asarray(weights, dtype=np.float64).copy()
+    mean = weights[rows].mean()
+    if mean <= 0:
+        raise ValueError("every sample weight of the labelled rows is zero: at least one "
+                         "labelled sample needs a positive weight.")
+    weights[rows] /= mean
+    return weights
 
-    # Subclasses define: _encode_targets(y) -> (targets, n_outputs, fitted attrs),
-    # _criterion, _stratify(targets) and _y_validation (validate_data kwargs).
 
-    @atomic_fit
-    def _fit(self, X, y, *, encode=None, criterion=None):
-        """Fit; ``encode(y)`` and ``criterion`` override the subclass's target
-        encoding and loss (distillation trains on soft targets this way)."""
-        self._validate_params()
-        if y is None:
-            raise ValueError(f"{type(self).__name__} requires y to be passed, "
-                             "but the target y is None.")
-        device = self._training_device()
-        with worker_threads(), seeded_torch(self._torch_seed(), device):
-            backbone, X, targets, n_outputs, target_attrs, trainable = self._prepare_fit(
-                X, y, device, encode)
-            head = make_head(self.head, backbone.n_features, n_outputs).to(device)
-            module = TransferModule(backbone.module, head, trainable)
-            history, reader, precomputed = self._train(module, backbone, X, targets, device,
-                                                       criterion or self._criterion)
-        self._set_fitted(target_attrs, backbone, module, history, device,
-                         len(backbone.blocks), reader)
-        # The frozen blocks ran once, in float32: predictions without the
-        # reader must run them so too (see _float32_prefix). Their count is
-        # fitted state: ``unfreeze`` may be set to another value after fit.
-        if precomputed:
-            n_blocks = len(backbone.blocks)
-            self._float32_frozen_blocks = n_blocks - (self.unfreeze or 0)
-        return self
+def check_row_weights(sample_weight, n):
+    """``sample_weight`` as a float64 array of ``n`` finite, non-negative
+    values with a positive sum, or a ValueError saying what is wrong."""
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.ndim != 1 or len(w) != n:
+        raise ValueError(f"sample_weight must be 1-D with one weight per sample ({n}); got "
+                         f"shape {w.shape}.")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must hold finite, non-negative weights.")
+    if w.sum() <= 0:
+        raise ValueError("every sample weight is zero: at least one sample needs a positive "
+                         "weight.")
+    return w
 
-    def _prepare_fit(self, X, y, device, encode=None):
-        """A fresh backbone on ``device``, the validated inputs, the encoded
-        targets and the blocks that train; nothing is set on ``self``."""
-        backbone = resolve_backbone(self.backbone, self.weights)
-        X, y = self._validate_X(X, backbone.input_kind, reset=True, y=y,
-                                y_kwargs=self._y_validation)
-        targets, n_outputs, target_attrs = (encode or self._encode_targets)(y)
-        backbone.module.to(device)
-        if backbone.n_features is None:
-            backbone.n_features = probe_width(backbone.module, backbone.preprocess, X, device)
-        trainable = freeze(backbone, self.unfreeze)
-        return backbone, X, targets, n_outputs, target_attrs, trainable
 
-    def _backbone_lr(self):
-        return self.lr / 10 if self.backbone_lr is None else self.backbone_lr
+class TrainingEstimatorMixin:
+    """What every estimator that trains a backbone shares: its training
+    settings (device or accelerator, precision, early stopping),
+    predictions through the trained ``module_``, and its hooks of the safe
+    save format (:func:`sktl.save` / :func:`sktl.load`)."""
 
-    def _set_fitted(self, target_attrs, backbone, module, history, device, n_blocks,
-                    reader):
-        """Publish a finished fit's results as fitted attributes."""
-        for name, value in target_attrs.items():
-            setattr(self, name, value)
+    # -- the safe format: the fitted attributes kept in JSON, the module
+    # whose weights are saved, and how to rebuild it from the backbone.
+    _saved_attributes = ("classes_", "n_features_in_", "feature_names_in_", "n_blocks_",
+                         "_float32_frozen_blocks", "_sample_shape")
+
+    def _safe_module(self):
+        return self.module_
+
+    def _safe_n_outputs(self):
+        return len(self.classes_)
+
+    def _safe_head(self, n_features, n_outputs):
+        return make_head(self.head, n_features, n_outputs)
+
+    def _safe_skeleton(self, backbone, n_outputs):
+        """The fitted module's architecture, for the saved weights to fill."""
+        return TransferModule(backbone.module, self._safe_head(backbone.n_features, n_outputs))
+
+    def _safe_restore(self, backbone, module, device):
+        """Publish a loaded model as this estimator's fitted state."""
+        # Freeze after loading: lazy modules only have parameters by now.
+        module.__dict__["trainable_blocks"] = freeze(backbone, self.unfreeze)
         self.backbone_ = backbone
-        self.module_ = module
-        self.history_ = history
+        self.module_ = module.to(device).eval()
         self.device_ = device
-        self.n_blocks_ = n_blocks
-        self._frozen_reader = reader
-        self._float32_frozen_blocks = None
 
-    # -- mixed precision and distributed training. ``precision`` and
-    # ``accelerator`` are parameters of the subclasses that declare them;
-    # the others train in float32 in this process.
     def _precision(self):
         return getattr(self, "precision", "32")
 
     def _training_device(self):
-        accelerator = getattr(self, "accelerator", None)
-        # With an accelerator, each process uses the device it assigns
-        # (cuda:<local rank> under accelerate launch / torchrun).
-        device = (str(accelerator.device) if accelerator is not None
-                  else resolve_device(self.device))
-        check_precision(self._precision(), device, accelerator)
-        return device
+        """``(device name, accelerator or None)``: with an accelerator, each
+        process uses the device it assigns (``cuda:<local rank>`` under
+        ``accelerate launch`` / ``torchrun``)."""
+        if is_accelerator(self.device):
+            check_precision(self._precision(), str(self.device.device), self.device)
+            return str(self.device.device), self.device
+        device = resolve_device(self.device)
+        check_precision(self._precision(), device)
+        return device, None
 
-    def _split(self, n, targets):
-        idx = np.arange(n)
-        if not self.early_stopping:
-            return idx, None
-        stratify = self._stratify(targets)
-        try:
-            return train_test_split(idx, test_size=self.validation_fraction,
-                                    random_state=self._torch_seed(), stratify=stratify)
-        except ValueError:  # a class too small to stratify
-            return train_test_split(idx, test_size=self.validation_fraction,
-                                    random_state=self._torch_seed())
-
-    def _train(self, module, backbone, X, targets, device, criterion):
-        train_idx, valid_idx = self._split(n_samples(X), targets)
-        common = {"lr": self.lr, "backbone_lr": self._backbone_lr(), "optimizer": self.optimizer,
-                  "max_epochs": self.max_epochs, "batch_size": self.batch_size,
-                  "device": device, "early_stopping": self.early_stopping,
-                  "verbose": self.verbose}
-        domain = self._domain_loss_module(backbone)
-        if domain is not None and self.unfreeze == 0:
-            raise ValueError(
-                f"domain_loss={self.domain_loss!r} aligns the backbone's features, "
-                "which cannot move with unfreeze=0; unfreeze at least one block "
-                "(unfreeze=1, ..., 'all') or adapt frozen features with "
-                "sktl.domain.DomainAdaptTransformer instead.")
-        common["domain"] = domain is not None
-        precomputed = self._precompute(module, backbone, X, device)
-        reader = None
-        if precomputed is None:  # train through every block, every epoch
-            # One dataset of global indices, so that the one collate function
-            # both iterators use reads training and validation rows alike.
-            data = RawDataset(X, targets, backbone.preprocess)
-            train = torch.utils.data.Subset(data, train_idx)
-            valid = None if valid_idx is None else torch.utils.data.Subset(data, valid_idx)
-            net = build_net(module, criterion, valid_dataset=valid,
-                            collate=data.collate, **common)
-        else:
-            trained, inputs, reader = precomputed
-            check_finite(inputs, "The frozen blocks' outputs",
-                         "the frozen backbone gives no usable features for these inputs: "
-                         "check them for extreme values, and the backbone's weights")
-            data = torch.utils.data.TensorDataset
-            train = data(torch.from_numpy(inputs[train_idx]),
-                         torch.from_numpy(targets[train_idx]))
-            valid = None if valid_idx is None else data(
-                torch.from_numpy(inputs[valid_idx]), torch.from_numpy(targets[valid_idx]))
-            net = build_net(trained, criterion, valid_dataset=valid,
-                            collate=None, **common)
-        net = distributed_net(net, precision=self._precision(),
-                              accelerator=getattr(self, "accelerator", None))
-        trained = net.module
-        if domain is not None:
-            trained.domain = domain.to(device)
-        try:
-            net.fit(train, y=None)
-        finally:
-            if domain is not None:  # training-only: not part of the fitted model
-                del trained.domain
-                trained.__dict__.pop("last_features", None)
-        return net.history, reader, precomputed is not None
-
-    def _domain_loss_module(self, backbone):
-        """The domain loss for ``domain_loss`` (classifiers only), or None."""
-        name = getattr(self, "domain_loss", None)
-        if name is None:
+    def _early_stopping(self):
+        """The EarlyStopping callback of ``early_stopping``, or None."""
+        value = self.early_stopping
+        if value is False:
             return None
-        from .domain._losses import make_domain_loss
-
-        return make_domain_loss(name, backbone.n_features, self.domain_weight)
-
-    def _precompute(self, module, backbone, X, device):
-        """What the frozen blocks compute, run once: ``(module to train, its
-        inputs, FrozenReader or None)``, or ``None`` to train through the
-        frozen blocks.
-
-        ``unfreeze=0``: the features, and only the head trains. Partial
-        fine-tuning with ``cache_prefix``: the last frozen block's output,
-        and the unfrozen top (cut out of the backbone, sharing its weights)
-        trains on it with the head. Rows go through the feature cache, so
-        CV folds and grid points with the same frozen blocks share them.
-        """
-        cache = resolve_cache(self.cache)
-        run = {"batch_size": self.batch_size, "device": device,
-               "progress": self.verbose >= 1}
-        if self.unfreeze == 0:
-            key = None if cache is None else extraction_key(backbone, layer=None,
-                                                             pooling="auto")
-            like = RowSpec(np.float32, (backbone.n_features,))
-            features = forward_batches(backbone.module, backbone.preprocess, X,
-                                       desc="features", cache=cache, key=key, like=like,
-                                       **run)
-            reader = None if cache is None else FrozenReader(
-                backbone.module, module.head, key, True, backbone.module, [], like)
-            return module.head, features, reader
-        n_frozen = len(backbone.blocks) - (len(backbone.blocks) if self.unfreeze == "all"
-                                           else self.unfreeze)
-        if not self.cache_prefix or n_frozen == 0:
-            return None
-        split = split_frozen_prefix(backbone, n_frozen, X, device)
-        if split is None:
-            return None
-        held, cache = prefix_storage(split.row_nbytes * n_samples(X), cache)
-        if not held:
-            return None
-        key = None if cache is None else extraction_key(backbone, layer=split.block_name,
-                                                         pooling=None)
-        inputs = forward_batches(split.prefix, backbone.preprocess, X, desc="frozen blocks",
-                                 cache=cache, key=key, pool=False, like=split.row_spec,
-                                 **run)
-        top = TransferModule(split.suffix, module.head, module.trainable_blocks)
-        reader = None if cache is None else FrozenReader(
-            split.prefix, top, key, False, backbone.module, module.trainable_blocks,
-            split.row_spec)
-        return top, inputs, reader
+        if value is True:
+            return EarlyStopping()
+        if isinstance(value, EarlyStopping):
+            return copy.deepcopy(value)
+        return EarlyStopping(patience=int(value))
 
     def _forward(self, X):
         """X -> raw network outputs (numpy, float32).
@@ -427,47 +293,249 @@ class TransferEstimator(BackboneEstimatorMixin, BaseEstimator):
     def _forward_in_memory(self, X, *, progress):
         X, _ = self._validate_X(X, self.backbone_.input_kind, reset=False)
         self.module_.to(self.device_)
-        run = {"batch_size": self.batch_size, "device": self.device_, "progress": progress}
         reader = getattr(self, "_frozen_reader", None)
         cache = resolve_cache(self.cache)
         precision = self._runnable_precision(self._precision())
         with worker_threads():
-            no_reader = reader is None or cache is None or not reader.valid()
-            parts = self._float32_prefix(X) if no_reader and precision != "32" else None
-            if parts is not None:
-                frozen, top, pool = parts
-                inputs = forward_batches(frozen, self.backbone_.preprocess, X,
-                                         desc="frozen blocks", pool=pool, **run)
-                with autocast(precision, self.device_):
-                    return forward_batches(top, _as_tensor, inputs, desc="predict", **run)
-            if no_reader:
+            if reader is None or cache is None or not reader.valid():
+                reader, cache = (None if precision == "32" else self._float32_reader(X)), None
+            if reader is None:
                 with autocast(precision, self.device_):
                     return forward_batches(self.module_, self.backbone_.preprocess, X,
-                                           desc="predict", **run)
-            # Cached rows are float32 features: the frozen blocks run in
-            # full precision, whatever ``precision`` is.
-            frozen = forward_batches(reader.frozen, self.backbone_.preprocess, X,
-                                     desc="frozen blocks", cache=cache, key=reader.key,
-                                     pool=reader.pool, like=reader.like, **run)
-            with autocast(precision, self.device_):
-                return forward_batches(reader.top, _as_tensor, frozen, desc="predict", **run)
+                                           batch_size=self.batch_size, device=self.device_,
+                                           progress=progress, desc="predict")
+            # Stored rows are float32: the frozen blocks run in full
+            # precision, whatever ``precision`` is, as in training.
+            return reader.outputs(self.backbone_.preprocess, X, cache,
+                                  batch_size=self.batch_size, device=self.device_,
+                                  progress=progress,
+                                  autocast=lambda: autocast(precision, self.device_))
 
-    def _float32_prefix(self, X):
-        """``(frozen part, trained top, pool)`` when the fit ran the frozen
-        blocks once in float32 (``_precompute``) under a lower ``precision``,
-        else None: a model without its reader (pickled, ``cache=False``)
-        predicts as it was trained."""
+    def _float32_reader(self, X):
+        """When the fit ran the frozen blocks once in float32 under a lower
+        ``precision``: a reader that does so without the cache, so that a
+        model without its reader (pickled, ``cache=False``) predicts as it
+        was trained; else None."""
         n_frozen = getattr(self, "_float32_frozen_blocks", None)
         if n_frozen is None:
             return None
-        if n_frozen == len(self.backbone_.blocks):  # unfreeze=0: only the head trained
-            return self.backbone_.module, self.module_.head, True
-        split = split_frozen_prefix(self.backbone_, n_frozen, X, self.device_)
+        split = split_at(self.backbone_, n_frozen, X, self.device_)
         if split is None:
             return None
-        return (split.prefix,
-                TransferModule(split.suffix, self.module_.head, self.module_.trainable_blocks),
-                False)
+        trainable = self.module_.trainable_blocks
+        top = TransferModule(split.top, self.module_.head, trainable)
+        return FrozenReader(split, top, None, self.backbone_.module, trainable)
+
+
+class TransferEstimator(TrainingEstimatorMixin, BackboneEstimatorMixin, BaseEstimator):
+    """Fine-tuning core shared by :class:`~sktl.TransferClassifier` and
+    :class:`~sktl.TransferRegressor` (not for direct use)."""
+
+    _parameter_constraints = {
+        "backbone": "no_validation",
+        "weights": "no_validation",
+        "unfreeze": [Count(0), StrOptions({"all"})],
+        "head": [StrOptions({"linear", "mlp"}), callable],
+        "criterion": CRITERION_CONSTRAINT,
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "backbone_lr": [Interval(Real, 0, None, closed="left"), None],
+        "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
+        "max_epochs": [Count(1)],
+        "batch_size": [Count(1)],
+        "optimizer": [StrOptions(set(OPTIMIZERS)), type],
+        "early_stopping": ["boolean", Count(1), EarlyStopping],
+        "augment": [callable, None],
+        "callbacks": [list, tuple, None],
+        "device": DEVICE_CONSTRAINT,
+        "random_state": ["random_state"],
+        "cache": CACHE_CONSTRAINT,
+        "verbose": ["verbose"],
+        "precision": [StrOptions(set(PRECISIONS))],
+    }
+
+    def __init__(self, backbone="resnet18", *, weights="DEFAULT", unfreeze=0,
+                 head="linear", criterion=None, lr=1e-3, backbone_lr=None,
+                 lr_schedule="constant", max_epochs=10, batch_size=32, optimizer="adamw",
+                 early_stopping=False, augment=None, callbacks=None, device="auto",
+                 random_state=None, cache=True, verbose=0, precision="32"):
+        self.backbone = backbone
+        self.weights = weights
+        self.unfreeze = unfreeze
+        self.head = head
+        self.criterion = criterion
+        self.lr = lr
+        self.backbone_lr = backbone_lr
+        self.lr_schedule = lr_schedule
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.early_stopping = early_stopping
+        self.augment = augment
+        self.callbacks = callbacks
+        self.device = device
+        self.random_state = random_state
+        self.cache = cache
+        self.verbose = verbose
+        self.precision = precision
+
+    # Subclasses define: _default_criterion (an sktl.losses class),
+    # _encode_targets(y, criterion) -> (y codes or values, n_outputs, fitted
+    # attrs), _stratify(y) and _y_validation (validate_data kwargs).
+
+    def _training_criterion(self):
+        """A private copy of ``criterion`` (the parameter is never trained or
+        mutated) as an :class:`sktl.losses.Loss`."""
+        criterion = self._default_criterion() if self.criterion is None else self.criterion
+        return as_loss(copy.deepcopy(criterion))
+
+    @atomic_fit
+    def _fit(self, X, y, sample_weight=None, soft_targets=None):
+        self._validate_params()
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, "
+                             "but the target y is None.")
+        criterion = self._training_criterion()
+        device, accelerator = self._training_device()
+        with worker_threads(), seeded_torch(self._torch_seed(), device):
+            backbone = resolve_backbone(self.backbone, self.weights)
+            X, y = self._validate_X(X, backbone.input_kind, reset=True, y=y,
+                                    y_kwargs=self._y_validation)
+            codes, n_outputs, target_attrs = self._encode_targets(y, criterion)
+            targets = {"y": codes}
+            weights = self._row_weights(sample_weight, codes, target_attrs, len(codes))
+            if weights is not None:
+                targets["sample_weight"] = weights.astype(np.float32)
+            if soft_targets is not None or criterion.uses_soft_targets:
+                targets["soft"] = self._check_soft_targets(soft_targets, criterion,
+                                                           len(codes), n_outputs)
+            backbone.module.to(device)
+            if backbone.n_features is None:
+                backbone.n_features = probe_width(backbone.module, backbone.preprocess, X,
+                                                  device)
+            trainable = freeze(backbone, self.unfreeze)
+            self._check_criterion(criterion)
+            head = make_head(self.head, backbone.n_features, n_outputs).to(device)
+            criterion.prepare(backbone.n_features, n_outputs)
+            module = TransferModule(backbone.module, head, trainable)
+            history, reader, precomputed = self._train(module, backbone, X, targets, device,
+                                                       accelerator, criterion)
+        self._set_fitted(target_attrs, backbone, module, history, device,
+                         len(backbone.blocks), reader)
+        # The frozen blocks ran once, in float32: predictions without the
+        # reader must run them so too (see _float32_reader). Their count is
+        # fitted state: ``unfreeze`` may be set to another value after fit.
+        if precomputed:
+            n_blocks = len(backbone.blocks)
+            self._float32_frozen_blocks = n_blocks - (self.unfreeze or 0)
+        return self
+
+    def _check_criterion(self, criterion):
+        if isinstance(criterion, DomainAwareLoss) and self.unfreeze == 0:
+            raise ValueError(
+                "criterion=DomainAwareLoss(...) aligns the backbone's features, which "
+                "cannot move with unfreeze=0; unfreeze at least one block (unfreeze=1, "
+                "..., 'all') or adapt frozen features with "
+                "sktl.DomainAdaptTransformer instead.")
+        if not criterion.trains_head:
+            raise ValueError(
+                f"criterion={type(criterion).__name__}(...) trains the backbone's features "
+                f"only, not a head; use sktl.ContrastiveClassifier for contrastive tuning.")
+
+    def _row_weights(self, sample_weight, codes, target_attrs, n):
+        """Per-row weights (``sample_weight`` times ``class_weight``), scaled
+        to a mean of 1 over the labelled rows (see
+        :func:`sktl.losses.weighted_mean`), or None."""
+        weights = None if sample_weight is None else check_row_weights(sample_weight, n)
+        class_weights = self._class_weights(codes, target_attrs)
+        if class_weights is not None:
+            weights = class_weights if weights is None else weights * class_weights
+        if weights is None:
+            return None
+        labelled = codes >= 0 if codes.ndim == 1 and codes.dtype.kind in "iu" else \
+            np.ones(len(weights), dtype=bool)
+        return unit_mean(weights, labelled)
+
+    def _class_weights(self, codes, target_attrs):
+        return None  # classifiers: class_weight
+
+    @staticmethod
+    def _check_soft_targets(soft_targets, criterion, n, n_outputs):
+        name = type(criterion).__name__
+        if soft_targets is None:
+            raise ValueError(f"criterion={name}(...) learns from class probabilities: pass "
+                             "them to fit as soft_targets=..., one row per sample.")
+        if not criterion.uses_soft_targets:
+            raise ValueError(f"soft_targets were passed to fit, but criterion={name}(...) "
+                             "does not read them; use criterion=sktl.losses."
+                             "DistillationLoss(...).")
+        soft = np.asarray(soft_targets, dtype=np.float32)
+        if soft.shape != (n, n_outputs):
+            raise ValueError(f"soft_targets must have shape (n_samples, n_classes) = "
+                             f"{(n, n_outputs)}; got {soft.shape}.")
+        if not np.isfinite(soft).all() or (soft < 0).any():
+            raise ValueError("soft_targets must hold finite, non-negative probabilities.")
+        return soft
+
+    def _backbone_lr(self):
+        return self.lr / 10 if self.backbone_lr is None else self.backbone_lr
+
+    def _set_fitted(self, target_attrs, backbone, module, history, device, n_blocks,
+                    reader):
+        """Publish a finished fit's results as fitted attributes."""
+        for name, value in target_attrs.items():
+            setattr(self, name, value)
+        self.backbone_ = backbone
+        self.module_ = module
+        self.history_ = history
+        self.device_ = device
+        self.n_blocks_ = n_blocks
+        self._frozen_reader = reader
+        self._float32_frozen_blocks = None
+
+    def _split(self, n, codes, stopping):
+        idx = np.arange(n)
+        if stopping is None:
+            return idx, None
+        stratify = self._stratify(codes)
+        try:
+            return train_test_split(idx, test_size=stopping.validation_fraction,
+                                    random_state=self._torch_seed(), stratify=stratify)
+        except ValueError:  # a class too small to stratify
+            return train_test_split(idx, test_size=stopping.validation_fraction,
+                                    random_state=self._torch_seed())
+
+    def _train(self, module, backbone, X, targets, device, accelerator, criterion):
+        stopping = self._early_stopping()
+        train_idx, valid_idx = self._split(n_samples(X), targets["y"], stopping)
+        trained, inputs, to_batch, reader = module, X, backbone.preprocess, None
+        n_frozen = len(backbone.blocks) - (len(backbone.blocks) if self.unfreeze == "all"
+                                           else self.unfreeze)
+        # Augmented inputs change what the frozen blocks output: train through them.
+        cache = resolve_cache(self.cache)
+        stored = None if self.augment is not None else precompute(
+            backbone, X, n_frozen, cache=cache, batch_size=self.batch_size, device=device,
+            progress=self.verbose >= 1)
+        if stored is not None:
+            split, inputs, key = stored
+            check_finite_rows(inputs, "The frozen blocks' outputs",
+                              "the frozen backbone gives no usable features for these "
+                              "inputs: check them for extreme values, and the backbone's "
+                              "weights")
+            trained = TransferModule(split.top, module.head, module.trainable_blocks)
+            to_batch = split.collate
+            if cache is not None:
+                reader = FrozenReader(split, trained, key, backbone.module,
+                                      module.trainable_blocks)
+        train_rows = Rows(inputs, targets, to_batch, train_idx, augment=self.augment)
+        valid_rows = None if valid_idx is None else Rows(inputs, targets, to_batch, valid_idx)
+        net = train(trained, criterion, train_rows, valid_rows, lr=self.lr,
+                    backbone_lr=self._backbone_lr(), optimizer=optimizer_class(self.optimizer),
+                    max_epochs=self.max_epochs, batch_size=self.batch_size, device=device,
+                    lr_schedule=self.lr_schedule, early_stopping=stopping,
+                    callbacks=self.callbacks, precision=self._precision(),
+                    accelerator=accelerator, num_workers=get_config()["num_workers"],
+                    verbose=self.verbose)
+        return net.history, reader, stored is not None
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -595,6 +595,13 @@ class FeatureCache:
         Size of sktl's files on disk, ``None`` meaning ``max_bytes``. After
         each write the least recently used of them (by modification time,
         refreshed on reads) are deleted until they fit.
+    prefix : bool, default=True
+        Also keep what the frozen blocks of a partial fine-tune output
+        (``0 < unfreeze < n_blocks``): the fit runs them once per sample and
+        trains the unfrozen top on their stored output, instead of running
+        them every epoch. ``False``: such fits run through their frozen
+        blocks every epoch (frozen features of ``unfreeze=0`` are still
+        kept).
 
     Attributes
     ----------
@@ -639,8 +646,9 @@ class FeatureCache:
     >>> folder.cleanup()
     """
 
-    def __init__(self, max_bytes=1 << 30, directory=None, max_disk_bytes=None):
+    def __init__(self, max_bytes=1 << 30, directory=None, max_disk_bytes=None, prefix=True):
         self.max_bytes = max_bytes
+        self.prefix = prefix
         # Absolute, so that worker processes and later cwd changes agree on it.
         self.directory = (None if directory is None
                           else os.path.abspath(os.path.expanduser(os.fspath(directory))))
@@ -668,7 +676,7 @@ class FeatureCache:
     # rows: a worker's copy reads and writes the same directory.
     def __getstate__(self):
         return {"max_bytes": self.max_bytes, "directory": self.directory,
-                "max_disk_bytes": self.max_disk_bytes}
+                "max_disk_bytes": self.max_disk_bytes, "prefix": self.prefix}
 
     def __setstate__(self, state):
         self.__init__(**state)
@@ -679,6 +687,8 @@ class FeatureCache:
             args.append(f"directory={self.directory!r}")
         if self.max_disk_bytes is not None:
             args.append(f"max_disk_bytes={self.max_disk_bytes}")
+        if not self.prefix:
+            args.append("prefix=False")
         return f"FeatureCache({', '.join(args)})"
 
     @property

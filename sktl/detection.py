@@ -10,15 +10,22 @@ from typing import ClassVar
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.frozen import FrozenEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import BackboneEstimatorMixin
 from ._constraints import Count
-from ._inference import resolve_device, seeded_torch, worker_threads
+from ._engine import (
+    OPTIMIZERS,
+    diverged,
+    optimizer_class,
+    resolve_device,
+    seeded_torch,
+    worker_threads,
+)
 from ._streaming import default_chunk_size, is_stream, map_chunks
-from ._training import OPTIMIZERS, diverged, optimizer_class
-from .backbones._weights import WeightsUnavailableError, load_state_dict_file
+from .backbones import WeightsUnavailableError, load_state_dict_file
 
 __all__ = ["DETECTION_MODELS", "TransferDetector"]
 
@@ -477,7 +484,7 @@ default="ssdlite320_mobilenet_v3_large"
     # -- building -------------------------------------------------------------
     def _source(self):
         source = self.model
-        if type(source).__name__ == "FrozenEstimator":
+        if isinstance(source, FrozenEstimator):
             source = source.estimator
         if isinstance(source, str):
             if source not in DETECTION_MODELS:

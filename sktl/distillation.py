@@ -18,7 +18,6 @@ from __future__ import annotations
 from numbers import Real
 
 import numpy as np
-import torch
 from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.exceptions import NotFittedError
@@ -28,46 +27,12 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, c
 from torch import nn
 
 from ._labels import check_label_types
-from .backbones._inputs import take
+from .backbones import take
 from .classifier import TransferClassifier
-from .domain._convention import is_unlabelled
+from .domain import is_unlabelled
+from .losses import DistillationLoss
 
-__all__ = ["DistillationClassifier", "DistillationLoss"]
-
-
-class DistillationLoss(nn.Module):
-    """``alpha * CE + (1 - alpha) * T^2 * KL(teacher_T || student_T)``, per row, averaged.
-
-    The target tensor has the hard label (``-1``: none, CE skipped) in
-    column 0 and the teacher's temperature-softened probabilities in the
-    other columns. The ``T^2`` factor keeps the soft term's gradients on the
-    scale of the hard term's whatever ``T`` (Hinton et al. 2015).
-
-    Parameters
-    ----------
-    temperature : float
-    alpha : float
-        Weight of the hard-label term, in ``[0, 1]``.
-    """
-
-    def __init__(self, temperature=2.0, alpha=0.5):
-        super().__init__()
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
-
-    def forward(self, logits, target):
-        target = target.to(logits.dtype)
-        hard, soft = target[:, 0].long(), target[:, 1:]
-        t = self.temperature
-        log_student = nn.functional.log_softmax(logits / t, dim=1)
-        # KL(teacher || student) = sum p log p - sum p log q; 0 log 0 = 0.
-        kl = (torch.xlogy(soft, soft) - soft * log_student).sum(dim=1)
-        loss = (1.0 - self.alpha) * t * t * kl
-        labelled = hard >= 0
-        if self.alpha > 0 and labelled.any():
-            ce = nn.functional.cross_entropy(logits, hard.clamp(min=0), reduction="none")
-            loss = loss + self.alpha * ce * labelled
-        return loss.mean()
+__all__ = ["DistillationClassifier"]
 
 
 class DistillationClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
@@ -183,12 +148,9 @@ class DistillationClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
                 "classes (rows labelled -1 are unlabelled).")
         teacher = self._fitted_teacher(X, y, labelled)
         soft = self._soft_targets(teacher, X, classes)
-        hard = np.full(len(y), -1.0)
-        hard[labelled] = np.searchsorted(classes, y[labelled])
-        targets = np.column_stack([hard, soft]).astype(np.float32)
-        student = self._new_student()
-        student._fit(X, y, encode=lambda _: (targets, len(classes), {"classes_": classes}),
-                     criterion=DistillationLoss(self.temperature, self.alpha))
+        student = self._new_student().set_params(
+            criterion=DistillationLoss(self.temperature, self.alpha))
+        student.fit(X, y, soft_targets=soft)
         # Set only after the student trained: a failed refit keeps the old model.
         self.teacher_, self.student_, self.classes_ = teacher, student, classes
         self.soft_targets_ = soft
@@ -217,20 +179,15 @@ class DistillationClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
         return softmax(logits, axis=1)
 
     def _check_student(self):
-        """The student learns from soft targets by cross-entropy: settings of a
-        :class:`TransferClassifier` that replace that loss cannot apply."""
-        student = self.student
-        if getattr(student, "strategy", "finetune") != "finetune":
+        """The student learns from soft targets by the distillation loss: a
+        criterion of its own cannot apply."""
+        criterion = getattr(self.student, "criterion", None)
+        if criterion is not None:
             raise ValueError(
-                f"The student has strategy={student.strategy!r}; distillation trains it "
-                "end to end on the teacher's soft targets, so it needs "
-                "strategy='finetune' (the default).")
-        if getattr(student, "domain_loss", None) is not None:
-            raise ValueError(
-                f"The student has domain_loss={student.domain_loss!r}, which "
-                "DistillationClassifier does not combine with the distillation loss; "
-                "set domain_loss=None on the student (adapt the features first with "
-                "sktl.domain.DomainAdaptTransformer if the transfer rows are shifted).")
+                f"The student has criterion={criterion!r}; DistillationClassifier trains it "
+                "with sktl.losses.DistillationLoss(temperature, alpha), so leave the "
+                "student's criterion=None (adapt shifted transfer rows first with "
+                "sktl.DomainAdaptTransformer).")
 
     def _new_student(self):
         if isinstance(self.student, nn.Module):

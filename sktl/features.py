@@ -13,11 +13,13 @@ from ._atomic import atomic_fit
 from ._base import BackboneEstimatorMixin
 from ._cache import CACHE_CONSTRAINT, RowSpec, extraction_key, resolve_cache
 from ._constraints import Count
-from ._distributed import PRECISIONS, autocast, check_precision
-from ._inference import (
+from ._engine import (
     EXTREME_INPUTS,
+    PRECISIONS,
     LayerOutput,
+    autocast,
     check_finite,
+    check_precision,
     forward_batches,
     probe_width,
     resolve_device,
@@ -196,6 +198,26 @@ class FeatureExtractor(BackboneEstimatorMixin, TransformerMixin, BaseEstimator):
         self.n_features_out_ = int(width)
         self.device_ = device
         return self
+
+    # -- the safe format (sktl.save / sktl.load): see TrainingEstimatorMixin.
+    _saved_attributes = ("n_features_in_", "feature_names_in_", "n_features_out_",
+                         "block_names_", "_sample_shape")
+
+    def _safe_module(self):
+        return self.backbone_.module
+
+    def _safe_n_outputs(self):
+        return None
+
+    def _safe_skeleton(self, backbone, n_outputs):
+        return backbone.module
+
+    def _safe_restore(self, backbone, module, device):
+        backbone.module.requires_grad_(False).eval().to(device)
+        self.backbone_ = backbone
+        self.extractor_ = self._extraction_module(backbone)
+        self._extraction_key = self._cache_key(backbone)
+        self.device_ = device
 
     def _cache_key(self, backbone):
         """The key of this extractor's rows in the feature cache."""

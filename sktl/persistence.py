@@ -31,6 +31,7 @@ What :func:`load` promises:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -43,10 +44,8 @@ from safetensors.torch import load_file, load_model, save_model
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
-from ._contrastive import normalized_head
-from ._inference import resolve_device
-from ._training import TransferModule, freeze, make_head
-from .backbones import backbone_param, check_trusted, rebuild_backbone
+from ._engine import resolve_device
+from .backbones import backbone_param, check_trusted, rebuild_backbone, resolve_class
 from .exceptions import SaveFormatError, SaveIntegrityError
 
 __all__ = ["load", "save"]
@@ -61,23 +60,36 @@ _KEYS = {"saved_by", "format", "sktl_version", "estimator", "params", "backbone"
 _DATA = re.compile(r"model-[0-9a-f]{16}\.safetensors")
 _LEGACY_DATA = "model.safetensors"
 _TMP_PREFIX, _TMP_SUFFIX = ".sktl-", ".tmp"
-# Fitted attributes stored in JSON, per estimator; arrays keep their dtype.
-_FITTED = ("classes_", "n_features_in_", "feature_names_in_", "n_blocks_",
-           "n_features_out_", "block_names_", "_y_mean", "_y_scale", "_y_1d",
-           "_float32_frozen_blocks", "_sample_shape")
+#: Parameters that only matter while training: a value JSON cannot hold (a
+#: criterion object, callbacks, an augmentation, an optimizer class, a
+#: class-weight dict) is saved as the parameter's default; refitting a loaded
+#: model needs them given again.
+_TRAINING_ONLY = ("criterion", "callbacks", "augment", "early_stopping", "class_weight",
+                  "optimizer")
 
 
 def _estimator_classes():
+    """The estimators :func:`save` writes and :func:`load` builds: sktl's own,
+    each of which implements the safe-state hooks of
+    :class:`~sktl._base.BackboneEstimatorMixin`."""
     from .classifier import TransferClassifier
     from .features import FeatureExtractor
+    from .fewshot import ContrastiveClassifier
     from .regressor import TransferRegressor
 
-    return {c.__name__: c for c in (TransferClassifier, TransferRegressor, FeatureExtractor)}
+    return {c.__name__: c for c in (TransferClassifier, TransferRegressor,
+                                    ContrastiveClassifier, FeatureExtractor)}
+
+
+def _plain(value):
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _jsonable_params(estimator):
     params = {}
     original = estimator.get_params(deep=False)
+    defaults = {k: v.default for k, v in
+                inspect.signature(type(estimator)).parameters.items()}
     for key, value in original.items():
         if key == "backbone":
             continue  # replaced by the backbone recipe
@@ -88,19 +100,37 @@ def _jsonable_params(estimator):
             from_source = hasattr(original["backbone"], "backbone_")
             params[key] = value if named and not from_source else None
             continue
-        if key == "accelerator":
-            # The process's distributed state: a loaded model trains in one
-            # process unless given an accelerator again.
-            params[key] = None
+        if key == "device" and not _plain(value):
+            # An accelerator is the process's distributed state: a loaded
+            # model trains in one process unless given one again.
+            params[key] = defaults[key]
+            continue
+        if key == "head" and isinstance(value, type):
+            params[key] = {"__class__": f"{value.__module__}:{value.__qualname__}"}
+            continue
+        if key in _TRAINING_ONLY and not _plain(value):
+            params[key] = defaults[key]
             continue
         if key == "random_state":  # a seed is kept (numpy ints too); a RandomState is not
             value = int(value) if isinstance(value, Integral) else None
-        if not (value is None or isinstance(value, (str, int, float, bool))):
+        if not _plain(value):
             raise TypeError(
                 f"{key}={value!r} cannot be stored in the safe format (JSON); use "
-                "a string option, or pickle/joblib for this model."
+                "a string option (a head as an nn.Module class), or pickle/joblib for "
+                "this model."
             )
         params[key] = value
+    return params
+
+
+def _read_params(cls, params, trusted):
+    """The parameters read from ``config.json``, a head class resolved."""
+    params = dict(params)
+    head = params.get("head")
+    if isinstance(head, dict):
+        if set(head) != {"__class__"}:
+            raise SaveFormatError(f"The head in {_CONFIG} has the keys {sorted(head)}.")
+        params["head"] = resolve_class(head["__class__"], trusted, where=_CONFIG)
     return params
 
 
@@ -150,9 +180,13 @@ def save(estimator, path):
 
     Parameters
     ----------
-    estimator : TransferClassifier, TransferRegressor or FeatureExtractor
-        A fitted estimator whose backbone can be rebuilt from its recipe and
-        whose parameters are JSON values (no callables).
+    estimator : TransferClassifier, TransferRegressor, ContrastiveClassifier or FeatureExtractor
+        A fitted estimator whose backbone can be rebuilt from its recipe.
+        Parameters that only matter in training and that JSON cannot hold
+        (``criterion``, ``callbacks``, ``augment``, an ``EarlyStopping``
+        object, a ``class_weight`` dict, an optimizer class) are saved as
+        their defaults; a ``head`` class is saved by name (load it with
+        ``trusted=[MyHead]``).
     path : str or os.PathLike
         Folder to create, or holding a previous save to replace.
 
@@ -190,7 +224,6 @@ def save(estimator, path):
     if spec.get("kind") == "module" and spec.get("class", "").startswith("__main__:"):
         raise TypeError("The backbone class is defined in __main__; move it to an "
                         "importable module so that sktl.load can rebuild it.")
-    head = getattr(estimator, "module_", None)
     config = {
         "saved_by": _SAVED_BY,
         "format": _FORMAT,
@@ -199,16 +232,14 @@ def save(estimator, path):
         "params": _jsonable_params(estimator),
         "backbone": estimator.backbone_.spec,
         "n_features": estimator.backbone_.n_features,
-        "n_outputs": None if head is None else _n_outputs(estimator),
-        "fitted": {k: _encode(getattr(estimator, k)) for k in _FITTED
+        "n_outputs": estimator._safe_n_outputs(),
+        "fitted": {k: _encode(getattr(estimator, k)) for k in estimator._saved_attributes
                    if hasattr(estimator, k)},
     }
     folder = Path(path)
     stale = _previous_save(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    module = estimator.module_ if head is not None else estimator.backbone_.module
-    with estimator._model_lock():
-        weights, digest = _write_weights(module, folder)
+    weights, digest = _write_weights(estimator._safe_module(), folder)
     config.update(weights=weights, files={weights: digest})
     _write_atomic(folder / _CONFIG, json.dumps(config, indent=2).encode("utf-8"))
     # The new save is complete on disk: the previous one's data can go.
@@ -316,12 +347,6 @@ def _sha256(path, *, sync=False):
     return digest.hexdigest()
 
 
-def _n_outputs(estimator):
-    if hasattr(estimator, "classes_"):
-        return len(estimator.classes_)
-    return len(estimator._y_mean)
-
-
 def load(path, *, device="auto", trusted=()):
     """Load an estimator written by :func:`save`; nothing is unpickled.
 
@@ -349,7 +374,8 @@ def load(path, *, device="auto", trusted=()):
     Returns
     -------
     estimator
-        A fitted TransferClassifier, TransferRegressor or FeatureExtractor.
+        A fitted TransferClassifier, TransferRegressor, ContrastiveClassifier or
+        FeatureExtractor.
 
     Raises
     ------
@@ -371,35 +397,21 @@ def load(path, *, device="auto", trusted=()):
     unknown = sorted(set(params) - (set(cls._get_param_names()) - {"backbone"}))
     if unknown:
         raise SaveFormatError(f"{_CONFIG} gives {cls.__name__} unknown parameters {unknown}.")
-    unknown = sorted(set(config["fitted"]) - set(_FITTED))
+    unknown = sorted(set(config["fitted"]) - set(cls._saved_attributes))
     if unknown:
         raise SaveFormatError(f"{_CONFIG} holds unknown fitted attributes {unknown}.")
     spec = config["backbone"]
-    estimator = cls(backbone=backbone_param(spec, trusted), **params)
+    estimator = cls(backbone=backbone_param(spec, trusted),
+                    **_read_params(cls, params, trusted))
     estimator._validate_params()  # the constructor's checks, on values read from a file
     for key, value in config["fitted"].items():
         setattr(estimator, key, _decode(key, value))
     weights = _verified_weights(folder, config)
     backbone = rebuild_backbone(spec, trusted)
     backbone.n_features = config["n_features"]
-    device = resolve_device(device)
-    if config["n_outputs"] is None:  # FeatureExtractor
-        _load_weights(backbone.module, weights)
-        backbone.module.requires_grad_(False).eval().to(device)
-        estimator.backbone_ = backbone
-        estimator.extractor_ = estimator._extraction_module(backbone)
-        estimator._extraction_key = estimator._cache_key(backbone)
-    else:
-        head = make_head(estimator.head, backbone.n_features, config["n_outputs"])
-        if getattr(estimator, "strategy", None) == "contrastive":
-            head = normalized_head(head)
-        module = TransferModule(backbone.module, head)
-        _load_weights(module, weights)
-        # Freeze after loading: lazy modules only have parameters by now.
-        module.__dict__["trainable_blocks"] = freeze(backbone, estimator.unfreeze)
-        estimator.backbone_ = backbone
-        estimator.module_ = module.to(device).eval()
-    estimator.device_ = device
+    module = estimator._safe_skeleton(backbone, config["n_outputs"])
+    _load_weights(module, weights)
+    estimator._safe_restore(backbone, module, resolve_device(device))
     return estimator
 
 

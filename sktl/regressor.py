@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import RegressorMixin
-from torch import nn
 
 from ._base import TransferEstimator
-from ._inference import check_finite
+from ._engine import check_finite
+from .losses import MSELoss
 
 __all__ = ["TransferRegressor"]
 
@@ -21,7 +21,13 @@ class TransferRegressor(RegressorMixin, TransferEstimator):
 
     Parameters
     ----------
-    backbone, weights, unfreeze, head, lr, backbone_lr, max_epochs, batch_size, optimizer, early_stopping, validation_fraction, device, random_state, cache, cache_prefix, verbose, precision, accelerator
+    backbone, weights, unfreeze, head
+        As in :class:`~sktl.TransferClassifier`.
+    criterion : sktl.losses.Loss, torch loss or None, default=None
+        What training minimises (see :mod:`sktl.losses`), on the
+        standardised targets: ``None`` is :class:`~sktl.losses.MSELoss`; a
+        plain torch loss (``nn.HuberLoss()``) gets ``(outputs, y)``.
+    lr, backbone_lr, lr_schedule, max_epochs, batch_size, optimizer, early_stopping, augment, callbacks, device, random_state, cache, verbose, precision
         As in :class:`~sktl.TransferClassifier`.
 
     Attributes
@@ -58,19 +64,34 @@ class TransferRegressor(RegressorMixin, TransferEstimator):
     True
     """
 
-    _criterion = nn.MSELoss
+    _default_criterion = MSELoss
+    _saved_attributes = (*TransferEstimator._saved_attributes, "_y_mean", "_y_scale",
+                         "_y_1d")
+
+    def _safe_n_outputs(self):
+        return len(self._y_mean)
     _y_validation = {"y_numeric": True, "multi_output": True}
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit on inputs ``X`` and targets ``y`` of shape (n,) or (n, n_targets).
+
+        Parameters
+        ----------
+        X : array-like, list of str, list of PIL images or paths
+            Inputs of the kind the backbone reads.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Targets; every row is labelled (NaN is refused).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the rows in the loss, as in
+            :meth:`sktl.TransferClassifier.fit`.
 
         Returns
         -------
         self : TransferRegressor
         """
-        return self._fit(X, y)
+        return self._fit(X, y, sample_weight=sample_weight)
 
-    def _encode_targets(self, y):
+    def _encode_targets(self, y, criterion):
         y = np.asarray(y, dtype=np.float64)
         one_d = y.ndim == 1
         if one_d:

@@ -27,7 +27,7 @@ def main(out_dir):
     body = nn.Sequential(nn.Linear(5, 16), nn.ReLU())
     initial = {k: v.clone() for k, v in body.state_dict().items()}
     clf = TransferClassifier(body, unfreeze="all", max_epochs=6, lr=0.03, batch_size=16,
-                             random_state=0, cache=False, accelerator=accelerator)
+                             random_state=0, cache=False, device=accelerator)
     clf.fit(X, y)
     state = {k: v.detach().cpu() for k, v in clf.module_.state_dict().items()}
     torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))

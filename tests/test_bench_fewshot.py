@@ -58,7 +58,7 @@ def test_finished_draws_are_read_back_from_the_runs_file(bench, monkeypatch, tmp
     again = bench.run(quick=False)
     assert bench.calls == []  # nothing measured twice
     assert again["runs"] == first["runs"]
-    assert again["contrastive_params"]["8"]["contrastive_temperature"] == "0.5"
+    assert again["contrastive_params"]["8"]["temperature"] == "0.5"
 
     monkeypatch.setenv("SKTL_FEWSHOT_SEEDS", "3")  # one more draw: only it runs
     bench.run(quick=False)
@@ -80,18 +80,21 @@ def test_a_new_configuration_reruns_only_its_strategy(bench, monkeypatch, tmp_pa
     monkeypatch.setenv("SKTL_FEWSHOT_RUNS", str(runs_file))
     bench.run(quick=False)
     bench.calls.clear()
-    recorded = str(bench.CONTRASTIVE["backbone_lr"])
-    monkeypatch.setitem(bench.CONTRASTIVE, "backbone_lr", 1e-3)
+    recorded = str(bench.config("contrastive", 8)["lr"])
+    original = bench.config
+    # As if the estimator's default learning rate had changed.
+    monkeypatch.setattr(bench, "config", lambda method, n: (
+        {**original(method, n), "lr": 1e-3} if method == "contrastive" else original(method, n)))
     result = bench.run(quick=False)
     # probe and SetFit do not depend on sktl's configuration: read back
     assert sorted(bench.calls) == [("contrastive", 0), ("contrastive", 1)]
     assert result["setfit_acc"] == {"sst2-8": 70.5} and len(result["runs"]) == 6
     records = [json.loads(line) for line in runs_file.read_text().splitlines()]
-    assert [r["protocol"]["contrastive"]["backbone_lr"] for r in records] == [
+    assert [r["protocol"]["contrastive"]["lr"] for r in records] == [
         recorded, recorded, "0.001", "0.001"]
     assert [r["method"] for r in records[-1]["runs"]] == ["contrastive"]
     bench.calls.clear()
-    monkeypatch.setitem(bench.CONTRASTIVE, "backbone_lr", float(recorded))
+    monkeypatch.setattr(bench, "config", original)
     bench.run(quick=False)  # back to the first configuration: all read back
     assert bench.calls == []
 
@@ -107,7 +110,9 @@ def test_runs_on_another_test_set_are_not_reused(bench, monkeypatch, tmp_path):
 
 
 def test_the_temperature_follows_the_labelled_sentences_per_class(bench, monkeypatch, tmp_path):
-    assert [bench.config("contrastive", n)["contrastive_temperature"]
+    import sktl.fewshot
+
+    assert [bench.config("contrastive", n)["temperature"]
             for n in (4, 8, 16, 22, 23, 32, 64, 256)] == [0.5] * 4 + [0.1] * 4
     with pytest.raises(ValueError, match="not one of sktl's strategies"):
         bench.config("probe", 8)
@@ -116,14 +121,14 @@ def test_the_temperature_follows_the_labelled_sentences_per_class(bench, monkeyp
     monkeypatch.setenv("SKTL_FEWSHOT_N", "8,16")  # the pool has 20 per class
     bench.run(quick=False)
     records = [json.loads(line) for line in runs_file.read_text().splitlines()]
-    assert {r["protocol"]["contrastive"]["contrastive_temperature"] for r in records} == {"0.5"}
+    assert {r["protocol"]["contrastive"]["temperature"] for r in records} == {"0.5"}
     bench.calls.clear()
-    monkeypatch.setitem(bench.CONTRASTIVE_TEMPERATURE, 16, 0.1)  # now N=16 has its own
+    monkeypatch.setitem(sktl.fewshot.AUTO_TEMPERATURES, 16, 0.1)  # now N=16 has its own
     bench.run(quick=False)
     # only N=16's contrastive runs are measured again, N=8's are read back
     assert sorted(bench.calls) == [("contrastive", 0), ("contrastive", 1)]
     last = [json.loads(line) for line in runs_file.read_text().splitlines()][-2:]
-    assert {(r["n"], r["protocol"]["contrastive"]["contrastive_temperature"]) for r in last} == {
+    assert {(r["n"], r["protocol"]["contrastive"]["temperature"]) for r in last} == {
         (16, "0.1")}
 
 
@@ -137,7 +142,7 @@ def test_each_fit_gets_its_n_configuration(bench, monkeypatch):
     monkeypatch.setenv("SKTL_FEWSHOT_SEEDS", "1")
     monkeypatch.delenv("SKTL_FEWSHOT_RUNS", raising=False)
     bench.run(quick=False)
-    got = {(n_sentences, params["contrastive_temperature"])
+    got = {(n_sentences, params["temperature"])
            for method, n_sentences, params in bench.params if method == "contrastive"}
     assert got == {(5 * 8, 0.5), (5 * 64, 0.1)}
     assert all(params is None for method, _, params in bench.params if method != "contrastive")

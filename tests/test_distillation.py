@@ -15,7 +15,8 @@ from torch import nn
 
 from sktl import TransferClassifier
 from sktl.backbones import truncate_sentence_encoder
-from sktl.distillation import DistillationClassifier, DistillationLoss
+from sktl.distillation import DistillationClassifier
+from sktl.losses import DistillationLoss, DomainAwareLoss, Output
 
 
 # --------------------------------------------------------------------------- the loss
@@ -39,8 +40,9 @@ def test_loss_is_the_formula(t, alpha):
     soft = rng.dirichlet(np.ones(3), size=6)
     soft[0] = [1.0, 0.0, 0.0]  # 0 log 0 = 0
     hard = np.array([0, 2, -1, 1, -1, 0])  # -1: no hard-label term
-    target = torch.tensor(np.column_stack([hard, soft]), dtype=torch.float32)
-    loss = DistillationLoss(t, alpha)(torch.tensor(logits, dtype=torch.float32), target)
+    target = {"y": torch.tensor(hard), "soft": torch.tensor(soft, dtype=torch.float32)}
+    output = Output(torch.tensor(logits, dtype=torch.float32), None)
+    loss = DistillationLoss(t, alpha)(output, target)
     assert loss.item() == pytest.approx(_reference_loss(logits, hard, soft, t, alpha),
                                         rel=1e-5)
 
@@ -48,8 +50,8 @@ def test_loss_is_the_formula(t, alpha):
 def test_loss_gradient_is_zero_when_student_matches_teacher_and_no_labels():
     logits = torch.tensor([[1.0, -0.5, 2.0]], requires_grad=True)
     soft = torch.softmax(logits.detach() / 2.0, dim=1)
-    target = torch.cat([torch.tensor([[-1.0]]), soft], dim=1)
-    DistillationLoss(2.0, 0.5)(logits, target).backward()
+    target = {"y": torch.tensor([-1]), "soft": soft}
+    DistillationLoss(2.0, 0.5)(Output(logits, None), target).backward()
     assert torch.allclose(logits.grad, torch.zeros(1, 3), atol=1e-6)
 
 
@@ -160,12 +162,10 @@ def test_bad_input_errors(xor_task):
         DistillationClassifier(teacher, _student(), alpha=1.5).fit(X, y_few)
     with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         DistillationClassifier(teacher, _student()).fit(X[:-3], y_few)
-    # Student settings that would replace the distillation loss are refused,
-    # not ignored (contrastive) or crashed on (a domain loss).
-    with pytest.raises(ValueError, match="needs strategy='finetune'"):
-        DistillationClassifier(teacher, _student(strategy="contrastive")).fit(X, y_few)
-    with pytest.raises(ValueError, match="set domain_loss=None on the student"):
-        DistillationClassifier(teacher, _student(domain_loss="coral")).fit(X, y_few)
+    # A student criterion, which the distillation loss would replace, is
+    # refused rather than ignored.
+    with pytest.raises(ValueError, match="leave the student's criterion=None"):
+        DistillationClassifier(teacher, _student(criterion=DomainAwareLoss())).fit(X, y_few)
 
 
 def test_failed_refit_keeps_the_fitted_model(xor_task):

@@ -163,13 +163,13 @@ def test_accelerator_is_kept_by_clone_and_checked_against_precision(blobs, tmp_p
     from sklearn.base import clone
 
     accelerator = accelerate.Accelerator(cpu=True)
-    clf = TransferClassifier(_mlp(), accelerator=accelerator)
-    assert clone(clf).accelerator is accelerator
+    clf = TransferClassifier(_mlp(), device=accelerator)
+    assert clone(clf).device is accelerator
     X, y = blobs
     with pytest.raises(ValueError, match="mixed_precision"):
-        TransferClassifier(_mlp(), accelerator=accelerator, precision="bf16").fit(X, y)
+        TransferClassifier(_mlp(), device=accelerator, precision="bf16").fit(X, y)
     # Single process: the accelerator places the model and trains as usual.
-    fitted = TransferClassifier(_mlp(), accelerator=accelerator, unfreeze="all",
+    fitted = TransferClassifier(_mlp(), device=accelerator, unfreeze="all",
                                 max_epochs=5, lr=0.02, random_state=0).fit(X, y)
     assert fitted.score(X, y) > 0.9
     # Saved without the accelerator (the process's state), predicting the same.
@@ -177,9 +177,9 @@ def test_accelerator_is_kept_by_clone_and_checked_against_precision(blobs, tmp_p
 
     from sktl import load, save
 
-    fitted = TransferClassifier(TinyNet, accelerator=accelerator, unfreeze="all",
+    fitted = TransferClassifier(TinyNet, device=accelerator, unfreeze="all",
                                 max_epochs=2, random_state=0).fit(X, y)
     save(fitted, tmp_path / "model")
     loaded = load(tmp_path / "model", trusted=[TinyNet])
-    assert loaded.accelerator is None
+    assert loaded.device == "auto"
     assert_allclose(loaded.predict_proba(X), fitted.predict_proba(X), rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Deep domain adaptation inside TransferClassifier (domain_loss=...)."""
+"""Deep domain adaptation inside TransferClassifier (criterion=DomainAwareLoss(...))."""
 
 import pickle
 
@@ -10,6 +10,7 @@ from sklearn.model_selection import cross_val_score
 from torch import nn
 
 from sktl import FeatureExtractor, TransferClassifier
+from sktl.losses import DomainAwareLoss
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,8 @@ def body():
 def fit(X, y, domain_loss, weight=1.0, **kwargs):
     params = {"unfreeze": "all", "lr": 0.01, "max_epochs": 15, "batch_size": 64,
               "random_state": 0, **kwargs}
-    return TransferClassifier(body(), domain_loss=domain_loss, domain_weight=weight,
-                              **params).fit(X, y)
+    criterion = None if domain_loss is None else DomainAwareLoss(domain_loss, weight)
+    return TransferClassifier(body(), criterion=criterion, **params).fit(X, y)
 
 
 def coral_distance(a, b):
@@ -83,7 +84,7 @@ def test_domain_loss_errors(shift):
         fit(X, y, "mmd", unfreeze=0)
     with pytest.raises(ValueError, match="two classes"):
         fit(X, np.where(y == 1, 0, y), "coral")
-    with pytest.raises(ValueError, match="domain_loss"):
+    with pytest.raises(ValueError, match="domain='wasserstein'"):
         fit(X, y, "wasserstein")
 
 

@@ -1,5 +1,5 @@
-"""Few-shot strategies of TransferClassifier: ``strategy="contrastive"``
-(SetFit-like pair tuning, then a closed-form head) next to ``"finetune"``."""
+"""ContrastiveClassifier: few-shot contrastive tuning (SetFit-like), then a
+closed-form logistic-regression head, through sktl's one training engine."""
 
 import pickle
 
@@ -11,20 +11,13 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_validate
 from torch import nn
 
-from sktl import TransferClassifier
-from sktl._cache import FeatureCache
-from sktl._contrastive import (
-    balanced_batches,
-    check_few_shot_labels,
-    contrastive_loss,
-    embed,
-    linear_schedule,
-    make_encoder,
-    pair_batches,
-    sample_pairs,
-)
-from sktl._training import freeze
+from sktl import ContrastiveClassifier, FeatureCache, TransferClassifier
+from sktl._engine import BalancedBatches
+from sktl._engine.net import schedule_factor
 from sktl.backbones import resolve_backbone
+from sktl.callbacks import EarlyStopping
+from sktl.fewshot import auto_temperature
+from sktl.losses import CosinePairLoss, Output, SupConLoss
 
 # -- a tiny BERT sentence encoder (random weights, MiniLM's tokenizer) ----------
 POSITIVE = ["great", "good", "excellent", "superb", "lovely", "wonderful", "fine", "nice"]
@@ -72,71 +65,69 @@ def _sentences(n_per_class, seed, noise=4):
 
 
 def _contrastive(backbone, **params):
-    settings = {"strategy": "contrastive", "unfreeze": 2, "backbone_lr": 3e-3,
-                "batch_size": 8, "pair_iterations": 10, "random_state": 0}
-    return TransferClassifier(backbone, **{**settings, **params})
+    # A constant learning rate, and cosine pairs where not said: the settings
+    # these tests' margins were calibrated with.
+    settings = {"unfreeze": 2, "lr": 3e-3, "batch_size": 8, "pair_iterations": 10,
+                "lr_schedule": "constant", "criterion": "cosine", "random_state": 0}
+    return ContrastiveClassifier(backbone, **{**settings, **params})
 
 
-# -- pair sampling ----------------------------------------------------------------
-def test_setfit_pairs_are_correct_and_balanced():
-    targets = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
-    first, second, same = sample_pairs(targets, 3, np.random.RandomState(0))
-    assert len(first) == 2 * 3 * len(targets)
-    assert same.mean() == 0.5
-    assert np.array_equal(same == 1, targets[first] == targets[second])
-    assert not np.any(first == second)
-    # every example is the anchor of one positive and one negative pair per iteration
-    assert np.array_equal(np.bincount(first[same == 1]), np.full(len(targets), 3))
-    assert np.array_equal(np.bincount(first[same == 0]), np.full(len(targets), 3))
+def _loss(kind, embeddings, labels, **kwargs):
+    criterion = SupConLoss(**kwargs) if kind == "supcon" else CosinePairLoss()
+    return criterion(Output(None, embeddings), {"y": labels})
 
 
-def test_pair_batches_only_list_the_sampled_pairs():
-    targets = np.repeat([0, 1], 4)
-    for idx, mask in pair_batches(targets, 2, 4, np.random.RandomState(0)):
-        assert mask.shape == (len(idx), len(idx))
-        assert np.array_equal(mask, mask.T) and not mask.diagonal().any()
-        assert 1 <= mask.sum() // 2 <= 4
+# -- class-balanced batches -------------------------------------------------------
+def _batches(labels, n_iterations, batch_size, seed=0):
+    return list(BalancedBatches(labels, batch_size, n_iterations, np.random.RandomState(seed)))
 
 
 def test_balanced_batches_are_class_balanced_and_cover_the_data():
     targets = np.repeat([0, 1, 2], [6, 6, 5])
-    batches = list(balanced_batches(targets, 4, 9, np.random.RandomState(0)))
+    batches = _batches(targets, 4, 9)
     assert len(batches) == int(np.ceil(4 * len(targets) / 9))
     draws = np.zeros(len(targets), int)
-    for idx, mask in batches:
+    for idx in batches:
         assert len(idx) == 9 and len(set(idx)) == 9  # no example twice in a batch
         counts = np.bincount(targets[idx], minlength=3)
         assert counts.max() - counts.min() <= 1
-        assert not mask.all() and mask.sum() == 9 * 8  # every pair but the diagonal
         draws[idx] += 1
     assert draws.min() >= 3 and draws.max() <= 5  # about n_iterations each
 
 
 def test_balanced_batches_with_a_class_smaller_than_its_share():
     targets = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
-    for idx, _ in balanced_batches(targets, 3, 8, np.random.RandomState(1)):
+    for idx in _batches(targets, 3, 8, seed=1):
         assert len(set(idx)) == len(idx)
         assert np.sum(targets[idx] == 0) == 2
+
+
+def test_balanced_batches_hold_positives_once_larger_than_the_class_count():
+    targets = np.repeat(np.arange(10), 8)
+    for idx in _batches(targets, 5, 11):
+        assert np.bincount(targets[idx]).max() >= 2
+
+
+def test_balanced_batches_draw_anew_each_epoch():
+    sampler = BalancedBatches(np.repeat([0, 1], 6), 4, 2, np.random.RandomState(0))
+    assert list(sampler) != list(sampler)
 
 
 # -- losses -------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["cosine", "supcon"])
 def test_losses_prefer_separated_classes(kind):
     labels = torch.tensor([0, 0, 1, 1])
-    mask = ~torch.eye(4, dtype=torch.bool)
     separated = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0]])
     mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [0.01, 1.0]])
-    assert (contrastive_loss(separated, labels, mask, kind)
-            < contrastive_loss(mixed, labels, mask, kind))
+    assert _loss(kind, separated, labels) < _loss(kind, mixed, labels)
     if kind == "cosine":
-        assert contrastive_loss(separated, labels, mask, kind) < 1e-3
+        assert _loss(kind, separated, labels) < 1e-3
 
 
 def test_cosine_loss_weights_positive_and_negative_pairs_equally():
     labels = torch.tensor([0, 0, 1, 2])
-    mask = ~torch.eye(4, dtype=torch.bool)
     z = torch.eye(4)  # all pairs orthogonal: positives wrong by 1, negatives right
-    assert contrastive_loss(z, labels, mask, "cosine").item() == pytest.approx(0.5)
+    assert _loss("cosine", z, labels).item() == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
@@ -153,27 +144,68 @@ def test_supcon_loss_matches_its_definition(temperature):
             log_norm = np.log(np.exp(sim[i, others] / temperature).sum())
             per_anchor.append(np.mean([sim[i, p] / temperature - log_norm
                                        for p in positives]))
-    mask = ~torch.eye(6, dtype=torch.bool)
-    value = contrastive_loss(torch.as_tensor(z), torch.as_tensor(labels), mask, "supcon",
-                             temperature)
+    value = _loss("supcon", torch.as_tensor(z), torch.as_tensor(labels),
+                  temperature=temperature)
     assert value.item() == pytest.approx(-np.mean(per_anchor), rel=1e-6)
 
 
-def test_contrastive_temperature_reaches_the_loss(tiny_text_dir):
+@pytest.mark.parametrize("kind", ["cosine", "supcon"])
+def test_a_batch_without_pairs_to_learn_from_gives_no_loss(kind):
+    embeddings = torch.randn(3, 4)
+    labels = torch.tensor([0, 1, 2])  # no two alike: no positive pair
+    assert (_loss(kind, embeddings, labels) is None) == (kind == "supcon")  # 0/0 for SupCon
+    assert _loss(kind, embeddings[:1], labels[:1]) is None  # one sentence: no pair
+
+
+def test_anchors_are_weighted_by_sample_weight():
+    z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.8, 0.2]])
+    labels = torch.tensor([0, 0, 1, 1])
+    criterion = SupConLoss()
+    plain = criterion(Output(None, z), {"y": labels})
+    # Weights of 1 (what the estimator's scaling to a mean of 1 makes of
+    # equal weights): the unweighted loss.
+    ones = criterion(Output(None, z), {"y": labels, "sample_weight": torch.ones(4)})
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-6)
+    skewed = criterion(Output(None, z), {"y": labels,
+                                         "sample_weight": torch.tensor([1.0, 1.0, 0.0, 1.0])})
+    assert skewed.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
+# -- temperature and schedules ----------------------------------------------------------
+def test_auto_temperature_follows_the_examples_per_class(tiny_text_dir):
+    assert [auto_temperature(n) for n in (4, 8, 22, 23, 64, 500)] == [0.5, 0.5, 0.5, 0.1,
+                                                                      0.1, 0.1]
     X, y = _sentences(4, 0)
-    fits = [_contrastive(tiny_text_dir, contrastive_loss="supcon", pair_iterations=2,
-                         contrastive_temperature=t).fit(X, y) for t in (0.1, 0.1, 0.5)]
-    losses = [clf.history_[0, "contrastive_loss"] for clf in fits]
+    assert _contrastive(tiny_text_dir, pair_iterations=1, criterion="supcon").fit(
+        X, y).temperature_ == 0.5
+    clf = _contrastive(tiny_text_dir, pair_iterations=1, criterion="cosine").fit(X, y)
+    assert clf.temperature_ is None
+
+
+def test_the_temperature_reaches_the_loss(tiny_text_dir):
+    X, y = _sentences(4, 0)
+    fits = [_contrastive(tiny_text_dir, criterion=SupConLoss(t), pair_iterations=2).fit(X, y)
+            for t in (0.1, 0.1, 0.5)]
+    losses = [clf.history_[0, "train_loss"] for clf in fits]
     assert losses[0] == pytest.approx(losses[1])  # reproducible
     assert losses[2] != pytest.approx(losses[0], rel=1e-3)
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
-    factor = linear_schedule(20)  # 2 warm-up steps
+    factor = schedule_factor("linear", 20)  # 2 warm-up steps
     values = [factor(step) for step in range(21)]
     assert values[:3] == [0.0, 0.5, 1.0]
     assert np.all(np.diff(values[2:]) < 0)
     assert values[-1] == 0.0
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle"])
+def test_other_schedules_rise_then_fall(name):
+    factor = schedule_factor(name, 100)
+    values = np.array([factor(step) for step in range(101)])
+    peak = values.argmax()
+    assert 0 < peak < 50 and values[peak] == pytest.approx(1.0, abs=1e-3)
+    assert np.all(np.diff(values[peak:]) <= 1e-12) and values[-1] < 1e-3
 
 
 _STEP_RATES = []
@@ -188,11 +220,11 @@ class _RecordingSGD(torch.optim.SGD):
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear"])
-def test_contrastive_schedule_sets_the_learning_rate_of_each_step(tiny_text_dir, schedule):
+def test_the_schedule_sets_the_learning_rate_of_each_step(tiny_text_dir, schedule):
     X, y = _sentences(5, 0)  # 10 sentences, 4 iterations: 5 batches of 8
     _STEP_RATES.clear()
-    _contrastive(tiny_text_dir, optimizer=_RecordingSGD, backbone_lr=0.1, pair_iterations=4,
-                 batch_size=8, contrastive_schedule=schedule).fit(X, y)
+    _contrastive(tiny_text_dir, optimizer=_RecordingSGD, lr=0.1, pair_iterations=4,
+                 batch_size=8, lr_schedule=schedule).fit(X, y)
     rates = np.asarray(_STEP_RATES)
     assert len(rates) == 5
     if schedule == "constant":
@@ -201,66 +233,23 @@ def test_contrastive_schedule_sets_the_learning_rate_of_each_step(tiny_text_dir,
         np.testing.assert_allclose(rates, [0.0, 0.1, 0.075, 0.05, 0.025])
 
 
-def test_label_checks():
-    names = np.array(["neg", "pos", "mixed"])
-    check_few_shot_labels(np.array([0, 0, 1, 1]), names, "batch", 4)
-    with pytest.raises(ValueError, match="class 'pos' has 1"):
-        check_few_shot_labels(np.array([0, 0, 1]), names, "batch", 4)
-    with pytest.raises(ValueError, match="two classes"):
-        check_few_shot_labels(np.array([0, 0, 0]), names, "batch", 4)
-    # A batch no larger than the number of classes holds no positive pair.
-    with pytest.raises(ValueError, match="needs batch_size > 3"):
-        check_few_shot_labels(np.array([0, 0, 1, 1, 2, 2]), names, "batch", 3)
-    check_few_shot_labels(np.array([0, 0, 1, 1, 2, 2]), names, "batch", 4)
-    check_few_shot_labels(np.array([0, 0, 1, 1, 2, 2]), names, "pairs", 3)
-    with pytest.raises(ValueError, match="needs batch_size >= 2"):
-        check_few_shot_labels(np.array([0, 0, 1, 1]), names, "pairs", 1)
-
-
-@pytest.mark.parametrize("kind", ["cosine", "supcon"])
-def test_a_batch_without_pairs_to_learn_from_is_skipped(kind):
-    embeddings = torch.randn(3, 4)
-    labels = torch.tensor([0, 1, 2])  # no two alike: no positive pair
-    loss = contrastive_loss(embeddings, labels, ~torch.eye(3, dtype=torch.bool), kind)
-    assert (loss is None) == (kind == "supcon")  # SupCon is undefined (0/0) there
-    # A single sentence: no pair at all.
-    assert contrastive_loss(embeddings[:1], labels[:1], torch.zeros(1, 1, dtype=torch.bool),
-                            kind) is None
-
-
-def test_balanced_batches_hold_positives_once_larger_than_the_class_count():
-    targets = np.repeat(np.arange(10), 8)
-    rng = np.random.RandomState(0)
-    for idx, _ in balanced_batches(targets, 5, 11, rng):
-        assert np.bincount(targets[idx]).max() >= 2
-
-
-def test_pairs_sampling_skips_steps_without_a_positive_pair(tiny_text_dir):
+# -- labels ----------------------------------------------------------------------------
+def test_a_class_with_one_example_is_refused(tiny_text_dir):
     X, y = _sentences(4, 0)
-    # Two pairs per step under SupCon: a step with two negative pairs has no
-    # positive, is skipped, and the loss stays finite.
-    clf = _contrastive(tiny_text_dir, pair_sampling="pairs", contrastive_loss="supcon",
-                       batch_size=2, pair_iterations=2).fit(X, y)
-    assert np.isfinite(clf.history_[-1, "contrastive_loss"])
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        _contrastive(tiny_text_dir).fit(X[:5], y[:5])
+    with pytest.raises(ValueError, match="at least two classes"):
+        _contrastive(tiny_text_dir).fit(X[:4], y[:4])
 
 
-# -- text backbone: cached prefix, unfreeze, reproducibility --------------------------
-def test_cached_prefix_reproduces_the_full_forward(tiny_text_dir):
-    X, _ = _sentences(4, 0)
-    backbone = resolve_backbone(tiny_text_dir)
-    freeze(backbone, 2)
-    top = make_encoder(backbone, X, len(backbone.blocks) - 2, cache=None, cache_prefix=True,
-                       batch_size=3, device="cpu", progress=False)
-    full = make_encoder(backbone, X, 0, cache=None, cache_prefix=True, batch_size=3,
-                        device="cpu", progress=False)
-    assert type(top).__name__ == "_TextTopEncoder"
-    backbone.module.eval()
-    np.testing.assert_allclose(embed(top, len(X), 3), embed(full, len(X), 3),
-                               rtol=1e-4, atol=1e-5)
-    # the model is restored after every cut forward pass
-    assert len(backbone.module.model[0].auto_model.encoder.layer) == 3
+def test_a_batch_too_small_for_positive_pairs_is_refused(tiny_text_dir):
+    X, y = _sentences(4, 0)
+    y3 = np.arange(len(y)) % 3
+    with pytest.raises(ValueError, match="batch_size > 3"):
+        _contrastive(tiny_text_dir, batch_size=3).fit(X, y3)
 
 
+# -- training -------------------------------------------------------------------------
 def test_only_the_unfrozen_layers_move(tiny_text_dir):
     X, y = _sentences(6, 0)
     clf = _contrastive(tiny_text_dir, unfreeze=2).fit(X, y)
@@ -302,31 +291,73 @@ def test_contrastive_tuning_separates_held_out_sentences(tiny_text_dir, kind):
     # its dropout masks from another generator, so the run is another draw.
     probe = TransferClassifier(tiny_text_dir, unfreeze=0, random_state=0,
                                device="cpu").fit(X, y)
-    tuned = _contrastive(tiny_text_dir, unfreeze="all", contrastive_loss=kind,
+    tuned = _contrastive(tiny_text_dir, unfreeze="all",
+                         criterion=kind if kind == "cosine" else SupConLoss(0.1),
                          pair_iterations=20, device="cpu").fit(X, y)
-    assert tuned.history_[0, "contrastive_loss"] > 0
+    assert tuned.history_[0, "train_loss"] > 0
     assert _separation(tuned, X_test, y_test) > _separation(probe, X_test, y_test) + 0.05
     assert tuned.score(X_test, y_test) > max(0.55, probe.score(X_test, y_test))
 
 
+def test_class_and_sample_weights_reach_tuning_and_head(tiny_text_dir):
+    X, y = _sentences(6, 0)
+    plain = _contrastive(tiny_text_dir, pair_iterations=2).fit(X, y)
+    ones = _contrastive(tiny_text_dir, pair_iterations=2).fit(X, y, sample_weight=np.ones(12))
+    np.testing.assert_allclose(ones.predict_proba(X), plain.predict_proba(X), rtol=1e-5,
+                               atol=1e-6)
+    weighted = _contrastive(tiny_text_dir, pair_iterations=2,
+                            class_weight={0: 1.0, 1: 5.0}).fit(X, y)
+    assert not np.allclose(weighted.predict_proba(X), plain.predict_proba(X))
+
+
+def test_callbacks_precision_and_early_stopping(tiny_text_dir):
+    from skorch.callbacks import Callback
+
+    class Events(Callback):
+        def initialize(self):
+            self.seen = []
+            return self
+
+        def on_train_begin(self, net, **kwargs):
+            self.seen.append("train_begin")
+
+        def on_epoch_end(self, net, **kwargs):
+            self.seen.append("epoch_end")
+
+    X, y = _sentences(12, 0)
+    events = Events()
+    clf = _contrastive(tiny_text_dir, pair_iterations=2, max_epochs=6, precision="bf16",
+                       callbacks=[events],
+                       early_stopping=EarlyStopping(patience=1, validation_fraction=0.35)
+                       ).fit(X, y)
+    assert events.seen[0] == "train_begin" and events.seen.count("epoch_end") == len(
+        clf.history_)
+    assert np.isfinite(clf.history_[:, "valid_loss"]).all()
+    assert clf.predict_proba(X).shape == (len(X), 2)
+    with pytest.raises(ValueError, match="max_epochs > 1"):
+        _contrastive(tiny_text_dir, early_stopping=True).fit(X, y)
+
+
+# -- frozen layers run once, through the cache -------------------------------------
 def test_prefix_rows_are_shared_through_the_cache(tiny_text_dir):
     X, y = _sentences(6, 0)
     cache = FeatureCache()
     clf = _contrastive(tiny_text_dir, cache=cache, pair_iterations=2).fit(X, y)
     misses = cache.misses
-    assert misses == len(X)  # each sentence's frozen blocks ran once
+    assert misses == len(X)  # each sentence's frozen layers ran once
     clone(clf).fit(X, y)  # another fit (CV fold, grid point): rows read back
     assert cache.misses == misses and cache.hits >= len(X)
     X_test, _ = _sentences(4, 2)
     cached = clf.predict_proba(X_test)  # top layers only, on cached rows
     uncached = clone(clf).set_params(cache=False).fit(X, y).predict_proba(X_test)
     np.testing.assert_allclose(cached, uncached, rtol=1e-4, atol=1e-5)
-    # Chunk by chunk (token states held for one chunk at a time): the same.
-    clf._text_reader.chunk_size = 3
-    np.testing.assert_allclose(clf.predict_proba(X_test), cached, rtol=1e-5, atol=1e-6)
+    # The shared encoder was never cut: all its layers are still there.
+    assert len(clf.backbone_.module.model[0].auto_model.encoder.layer) == 3
 
 
-def test_a_large_input_predicted_in_chunks_does_not_flush_the_cache(tiny_text_dir):
+def test_a_large_input_predicted_in_chunks_does_not_flush_the_cache(tiny_text_dir,
+                                                                      monkeypatch):
+    import sktl._engine.frozen as frozen
     from sktl._cache import sample_hashes
 
     X, y = _sentences(6, 0)
@@ -334,116 +365,31 @@ def test_a_large_input_predicted_in_chunks_does_not_flush_the_cache(tiny_text_di
     _contrastive(tiny_text_dir, cache=probe, pair_iterations=2).fit(X, y)
     cache = FeatureCache(max_bytes=4 * probe.nbytes)  # the training rows: a quarter
     clf = _contrastive(tiny_text_dir, cache=cache, pair_iterations=2).fit(X, y)
-    clf._text_reader.chunk_size = 3
+    expected = clf.predict_proba(X)
+    monkeypatch.setattr(frozen, "CHUNK", 3)
     X_big, _ = _sentences(30, 3)  # five times the training rows
     clf.predict_proba(X_big)
     # Storing stopped at half the cache: the training rows are still there.
-    rows = cache.lookup(clf._text_reader.key, sample_hashes(X))
+    rows = cache.lookup(clf._frozen_reader.key, sample_hashes(X))
     assert all(r is not None for r in rows)
     assert cache.nbytes <= cache.max_bytes
-
-
-@pytest.mark.parametrize("read", ["pickle", "save", "backbone copy"])
-def test_the_model_is_not_read_while_a_prediction_cuts_it(tiny_text_dir, monkeypatch, read,
-                                                          tmp_path):
-    """A reader prediction swaps the encoder's embeddings and layer list for
-    a moment; pickling or reusing the model as a backbone meanwhile waits."""
-    import contextlib
-    import threading
-
-    import sktl
-    import sktl._contrastive as contrastive
-    from sktl import FeatureExtractor
-
-    X, y = _sentences(6, 0)
-    # cache=True (the process's cache): a parameter sktl.save can write.
-    clf = _contrastive(tiny_text_dir, cache=True, pair_iterations=2).fit(X, y)
-    assert clf._text_reader is not None
-    expected = clf.predict_proba(X)
-    inside, release = threading.Event(), threading.Event()
-    cut = contrastive._TextTopEncoder._cut
-
-    @contextlib.contextmanager
-    def slow_cut(self):
-        with cut(self):
-            inside.set()
-            release.wait(10)
-            yield
-
-    monkeypatch.setattr(contrastive._TextTopEncoder, "_cut", slow_cut)
-    predicting = threading.Thread(target=clf.predict_proba, args=(X,))
-    predicting.start()
-    assert inside.wait(10)
-    copies = []
-    if read == "pickle":
-        target = lambda: copies.append(pickle.loads(pickle.dumps(clf)))
-    elif read == "save":
-        target = lambda: sktl.save(clf, tmp_path / "m")
-    else:
-        target = lambda: copies.append(
-            FeatureExtractor(clf, cache=False).fit(X[:2]))
-    reading = threading.Thread(target=target)
-    reading.start()
-    reading.join(0.5)
-    assert reading.is_alive()  # waits for the prediction to put the model back
-    release.set()
-    predicting.join()
-    reading.join()
-    monkeypatch.undo()
-    if read != "backbone copy":
-        copy = copies[0] if read == "pickle" else sktl.load(tmp_path / "m")
-        np.testing.assert_allclose(copy.predict_proba(X), expected, rtol=1e-4, atol=1e-5)
-    else:
-        z = FeatureExtractor(clf, cache=False).fit(X[:2]).transform(X)
-        np.testing.assert_allclose(copies[0].transform(X), z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(X), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_token_states_beyond_the_memory_bound_are_not_held(tiny_text_dir, monkeypatch):
     """Past PREFIX_MAX_BYTES the fit runs through the frozen layers instead
     of holding every training sentence's token states; same model."""
-    import sktl._prefix as prefix
+    import sktl._engine.frozen as frozen
 
     X, y = _sentences(6, 0)
     X_test, _ = _sentences(4, 2)
-    backbone = resolve_backbone(tiny_text_dir)
-    freeze(backbone, 2)
-    kept = make_encoder(backbone, X, 2, cache=None, cache_prefix=True, batch_size=3,
-                        device="cpu", progress=False)
     expected = _contrastive(tiny_text_dir, cache=False, pair_iterations=2).fit(X, y)
-    monkeypatch.setattr(prefix, "PREFIX_MAX_BYTES", 1000)  # a few sentences' rows
+    monkeypatch.setattr(frozen, "PREFIX_MAX_BYTES", 1000)  # a few sentences' rows
     cache = FeatureCache()
-    dropped = make_encoder(backbone, X, 2, cache=cache, cache_prefix=True, batch_size=3,
-                           device="cpu", progress=False)
-    assert type(kept).__name__ == "_TextTopEncoder"
-    assert type(dropped).__name__ == "_Encoder" and cache.nbytes == 0
     clf = _contrastive(tiny_text_dir, cache=cache, pair_iterations=2).fit(X, y)
-    assert getattr(clf, "_text_reader", None) is None
+    assert clf._frozen_reader is None and cache.nbytes == 0
     np.testing.assert_allclose(clf.predict_proba(X_test), expected.predict_proba(X_test),
                                rtol=1e-4, atol=1e-5)
-
-
-def test_token_states_beyond_half_the_cache_are_not_stored(tiny_text_dir):
-    X, y = _sentences(6, 0)
-    cache = FeatureCache(max_bytes=2000)  # the states take more than half of it
-    clf = _contrastive(tiny_text_dir, cache=cache, pair_iterations=2).fit(X, y)
-    assert cache.nbytes == 0
-    uncached = clone(clf).set_params(cache=False).fit(X, y)
-    np.testing.assert_allclose(clf.predict_proba(X), uncached.predict_proba(X),
-                               rtol=1e-4, atol=1e-5)
-
-
-def test_predictions_through_the_reader_take_its_lock(tiny_text_dir):
-    import threading
-
-    X, y = _sentences(6, 0)
-    clf = _contrastive(tiny_text_dir, cache=FeatureCache(), pair_iterations=2).fit(X, y)
-    done = threading.Event()
-    with clf._text_reader.lock:  # another thread is reading through the cut model
-        worker = threading.Thread(target=lambda: (clf.predict_proba(X[:2]), done.set()))
-        worker.start()
-        assert not done.wait(1.0)  # it waits its turn
-    worker.join(30)
-    assert done.is_set()
 
 
 def test_concurrent_predictions_through_the_cached_prefix(tiny_text_dir):
@@ -452,46 +398,48 @@ def test_concurrent_predictions_through_the_cached_prefix(tiny_text_dir):
     X, y = _sentences(6, 0)
     clf = _contrastive(tiny_text_dir, cache=FeatureCache(), pair_iterations=2).fit(X, y)
     tests = [_sentences(3, seed)[0] for seed in range(8)]
-    expected = [clone(clf).set_params(cache=False).fit(X, y).predict_proba(t) for t in tests[:1]]
-    # The reader cuts the shared model in place: threads must take turns.
+    serial = [clf.predict_proba(t) for t in tests]
+    # Nothing is cut in place any more: no lock, threads run together.
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(clf.predict_proba, tests * 3))
-    np.testing.assert_allclose(results[0], expected[0], rtol=1e-4, atol=1e-5)
     for i, result in enumerate(results):
-        np.testing.assert_allclose(result, results[i % len(tests)], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result, serial[i % len(tests)], rtol=1e-5, atol=1e-6)
 
 
-def test_verbose_shows_a_progress_bar(tiny_text_dir, capsys):
-    X, y = _sentences(4, 0)
-    _contrastive(tiny_text_dir, verbose=1, pair_iterations=2).fit(X, y)
-    assert "contrastive" in capsys.readouterr().err
+def test_save_and_load(tiny_text_dir, tmp_path):
+    import sktl
+
+    X, y = _sentences(6, 0)
+    clf = _contrastive(tiny_text_dir, criterion="supcon", pair_iterations=2).fit(X, y)
+    sktl.save(clf, tmp_path / "model")
+    loaded = sktl.load(tmp_path / "model")
+    assert isinstance(loaded, ContrastiveClassifier) and loaded.temperature_ == 0.5
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=1e-5,
+                               atol=1e-6)
 
 
 # -- scikit-learn integration ---------------------------------------------------------
 def test_cross_validate_on_few_shot_data(tiny_text_dir):
     X, y = _sentences(8, 0)
     cv = StratifiedKFold(n_splits=4, shuffle=True, random_state=0)
-    scores = cross_validate(_contrastive(tiny_text_dir, pair_sampling="pairs"), X, y, cv=cv)
+    scores = cross_validate(_contrastive(tiny_text_dir, pair_iterations=2), X, y, cv=cv)
     assert len(scores["test_score"]) == 4
     assert np.all(np.isfinite(scores["test_score"]))
 
 
-def test_grid_search_over_strategy_params(tiny_text_dir):
+def test_grid_search_over_contrastive_params(tiny_text_dir):
     X, y = _sentences(8, 0)
-    grid = {"strategy": ["finetune", "contrastive"], "contrastive_loss": ["cosine", "supcon"],
-            "pair_iterations": [2, 5]}
-    search = GridSearchCV(_contrastive(tiny_text_dir, max_epochs=2), grid,
+    grid = {"criterion": ["cosine", "supcon"], "pair_iterations": [2, 5]}
+    search = GridSearchCV(_contrastive(tiny_text_dir), grid,
                           cv=StratifiedKFold(2, shuffle=True, random_state=0)).fit(X, y)
-    assert len(search.cv_results_["params"]) == 8
-    assert search.best_estimator_.strategy in ("finetune", "contrastive")
+    assert len(search.cv_results_["params"]) == 4
 
 
 def test_params_clone_and_pickle(tiny_text_dir):
-    params = {"strategy": "contrastive", "pair_sampling": "pairs", "pair_iterations": 3,
-              "contrastive_loss": "supcon", "contrastive_epochs": 2, "head_C": 0.5,
-              "contrastive_schedule": "linear"}
-    clf = TransferClassifier(tiny_text_dir, unfreeze=1, random_state=0, batch_size=8,
-                             **params)
+    params = {"pair_iterations": 3, "criterion": "supcon", "max_epochs": 2, "head_C": 0.5,
+              "lr_schedule": "linear"}
+    clf = ContrastiveClassifier(tiny_text_dir, unfreeze=1, random_state=0, batch_size=8,
+                                **params)
     assert {k: clf.get_params()[k] for k in params} == params
     assert {k: clone(clf).get_params()[k] for k in params} == params
     X, y = _sentences(5, 0)
@@ -502,66 +450,40 @@ def test_params_clone_and_pickle(tiny_text_dir):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_gradient_trained_heads(tiny_text_dir):
-    X, y = _sentences(6, 0)
-    for params in [{"head_C": None}, {"head": "mlp"}]:
-        clf = _contrastive(tiny_text_dir, max_epochs=3, **params).fit(X, y)
-        assert "head_loss" in clf.history_[-1]
-        assert clf.predict_proba(X).shape == (len(X), 2)
-
-
-def test_contrastive_on_a_vector_backbone_uses_the_split_prefix(blobs):
+def test_a_vector_backbone(blobs):
     X, y = blobs
-    clf = TransferClassifier(TinyNet(32), strategy="contrastive", unfreeze=1,
-                             backbone_lr=1e-2, pair_iterations=5, random_state=0)
+    clf = ContrastiveClassifier(TinyNet(32), unfreeze=1, lr=1e-2, pair_iterations=5,
+                                random_state=0)
     assert clf.fit(X, y).score(X, y) > 0.9
     assert isinstance(clf.module_.head[0], nn.Module)
 
 
-def test_split_prefix_beyond_the_memory_bound_is_not_held(blobs, monkeypatch):
-    import sktl._prefix as prefix
-
-    X, _ = blobs
-    backbone = resolve_backbone(TinyNet(32))
-    backbone.module(torch.zeros(1, X.shape[1]))  # materialise the lazy layer
-    freeze(backbone, 1)
-    run = {"cache": None, "cache_prefix": True, "batch_size": 16, "device": "cpu",
-           "progress": False}
-    assert type(make_encoder(backbone, X, 1, **run)).__name__ == "_SplitEncoder"
-    monkeypatch.setattr(prefix, "PREFIX_MAX_BYTES", 32 * 4 * len(X) - 1)
-    assert type(make_encoder(backbone, X, 1, **run)).__name__ == "_Encoder"
-
-
 @pytest.mark.parametrize("params, match", [
-    ({"unfreeze": 0}, "unfreeze=0"),
-    ({"domain_loss": "coral"}, "domain_loss"),
-    ({"strategy": "setfit"}, "strategy"),
-    ({"pair_iterations": 0}, "pair_iterations"),
-    ({"contrastive_loss": "triplet"}, "contrastive_loss"),
-    ({"contrastive_schedule": "cosine"}, "contrastive_schedule"),
-    ({"precision": "bf16"}, "precision='32'"),
-    ({"batch_size": 2}, "needs batch_size > 2"),
+    ({"unfreeze": 0}, "'unfreeze' parameter"),
+    ({"pair_iterations": 0}, "'pair_iterations' parameter"),
+    ({"criterion": "triplet"}, "'criterion' parameter"),
+    ({"lr_schedule": "step"}, "'lr_schedule' parameter"),
 ])
-def test_errors(tiny_text_dir, params, match):
+def test_invalid_parameters(tiny_text_dir, params, match):
     X, y = _sentences(4, 0)
     with pytest.raises(ValueError, match=match):
         _contrastive(tiny_text_dir, **params).fit(X, y)
 
 
-def test_a_class_with_one_example_is_refused(tiny_text_dir):
+def test_a_loss_that_trains_a_head_is_refused(tiny_text_dir):
+    from sktl.losses import CrossEntropyLoss
+
     X, y = _sentences(4, 0)
-    with pytest.raises(ValueError, match="at least 2 examples"):
-        _contrastive(tiny_text_dir).fit(X[:5], y[:5])
-    with pytest.raises(ValueError, match="only one class"):
-        _contrastive(tiny_text_dir).fit(X[:4], y[:4])
+    with pytest.raises(ValueError, match="trains a head"):
+        _contrastive(tiny_text_dir, criterion=CrossEntropyLoss()).fit(X, y)
 
 
 # -- the real encoder -----------------------------------------------------------------
 @pytest.mark.integration
 def test_contrastive_beats_frozen_probe_on_few_shot_sst2(minilm_dir):
-    """8 labelled sentences per class, 3 draws: the contrastive strategy
-    (top 2 of 6 MiniLM layers) beats the frozen encoder + logistic
-    regression on average (SetFit's finding)."""
+    """8 labelled sentences per class, 3 draws: contrastive tuning (top 2 of
+    6 MiniLM layers) beats the frozen encoder + logistic regression on
+    average (SetFit's finding)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
@@ -579,7 +501,6 @@ def test_contrastive_beats_frozen_probe_on_few_shot_sst2(minilm_dir):
         X_few, y_few = [X[i] for i in idx], y[idx]
         pipe = make_pipeline(FeatureExtractor(minilm_dir), LogisticRegression())
         probe.append(pipe.fit(X_few, y_few).score(X_test, y_test))
-        clf = TransferClassifier(minilm_dir, strategy="contrastive", unfreeze=2,
-                                 batch_size=16, random_state=seed)
+        clf = ContrastiveClassifier(minilm_dir, unfreeze=2, random_state=seed)
         tuned.append(clf.fit(X_few, y_few).score(X_test, y_test))
     assert np.mean(tuned) > np.mean(probe), (tuned, probe)

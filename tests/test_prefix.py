@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TinyCNN
+from conftest import ReadsInputAgain, SharedAcrossTheCut, TinyCNN
 from sklearn.model_selection import GridSearchCV
 from torch import nn
 
 from sktl import FeatureCache, TransferClassifier
-from sktl._prefix import split_frozen_prefix
+from sktl.callbacks import EarlyStopping
 from sktl.backbones import resolve_backbone
 
 
@@ -36,10 +36,10 @@ def test_prefix_caching_equals_training_through_frozen_blocks(images, extra):
     params = {"unfreeze": 1, "max_epochs": 4, "lr": 0.05, "batch_size": 8,
               "random_state": 0, "cache": False, **extra}
     module, seen = counting(TinyCNN)
-    fast = TransferClassifier(module, cache_prefix=True, **params).fit(X, y)
+    fast = TransferClassifier(module, **params).fit(X, y)
     fast_runs = sum(seen)
     seen.clear()
-    slow = TransferClassifier(module, cache_prefix=False, **params).fit(X, y)
+    slow = TransferClassifier(module, **{**params, "cache": FeatureCache(prefix=False)}).fit(X, y)
     # The frozen block ran over the data once instead of once per epoch.
     assert fast_runs < 2 * len(X) <= 4 * len(X) <= sum(seen)
     np.testing.assert_allclose(fast.predict_proba(X), slow.predict_proba(X), atol=1e-5)
@@ -55,23 +55,11 @@ def test_torchvision_cnn_splits_at_every_depth():
     bb = resolve_backbone("resnet18", weights=None)
     X = np.random.RandomState(0).randint(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     for n_frozen in range(1, len(bb.blocks)):
-        split = split_frozen_prefix(bb, n_frozen, X, "cpu")
+        split = bb.split(n_frozen, X, "cpu")
         assert split is not None and split.block_name == bb.block_names[n_frozen - 1]
     # The top shares the backbone's modules: training it trains the backbone.
-    split = split_frozen_prefix(bb, 4, X, "cpu")
-    assert split.suffix.layer4 is bb.module.layer4
-
-
-class ReadsInputAgain(nn.Module):
-    """A top that uses the raw input: no clean cut (like ViT's batch size)."""
-
-    def __init__(self):
-        super().__init__()
-        self.block1 = nn.Sequential(nn.Flatten(), nn.Linear(144, 8), nn.ReLU())
-        self.block2 = nn.Linear(8, 8)
-
-    def forward(self, x):
-        return self.block2(self.block1(x)) + x.mean()
+    split = bb.split(4, X, "cpu")
+    assert split.top.layer4 is bb.module.layer4
 
 
 def test_unsplittable_backbone_trains_through_its_frozen_blocks(images):
@@ -84,11 +72,11 @@ def test_unsplittable_backbone_trains_through_its_frozen_blocks(images):
 
 
 def test_frozen_outputs_beyond_the_memory_bound_are_not_held(images, monkeypatch):
-    import sktl._prefix as prefix
+    import sktl._engine.frozen as frozen
 
     X, y = images
     module, seen = counting(TinyCNN)
-    monkeypatch.setattr(prefix, "PREFIX_MAX_BYTES", 100)  # not one image's outputs
+    monkeypatch.setattr(frozen, "PREFIX_MAX_BYTES", 100)  # not one image's outputs
     cache = FeatureCache()
     TransferClassifier(module, unfreeze=1, max_epochs=3, random_state=0,
                        cache=cache).fit(X, y)
@@ -140,28 +128,16 @@ def test_predictions_through_the_cache_equal_the_full_forward_pass(images):
         assert not np.allclose(changed, cached)
 
 
-@pytest.mark.parametrize("cache_prefix", [False, True])
-def test_validation_loss_is_measured_on_the_held_out_rows(images, cache_prefix):
+@pytest.mark.parametrize("prefix", [False, True])
+def test_validation_loss_is_measured_on_the_held_out_rows(images, prefix):
     X, y = images
-    clf = TransferClassifier(TinyCNN, unfreeze=1, max_epochs=1, early_stopping=True,
-                             validation_fraction=0.25, random_state=0, cache=False,
-                             cache_prefix=cache_prefix).fit(X, y)
-    _, valid_idx = clf._split(len(X), y)
+    stopping = EarlyStopping(validation_fraction=0.25)
+    clf = TransferClassifier(TinyCNN, unfreeze=1, max_epochs=1, early_stopping=stopping,
+                             random_state=0, cache=FeatureCache(prefix=prefix)).fit(X, y)
+    _, valid_idx = clf._split(len(X), y, stopping)
     proba = clf.predict_proba(X[valid_idx])
     expected = -np.mean(np.log(proba[np.arange(len(valid_idx)), y[valid_idx]]))
     assert clf.history_[-1]["valid_loss"] == pytest.approx(expected, rel=1e-4)
-
-
-class SharedAcrossTheCut(nn.Module):
-    """A block that runs below and above the cut (weights used on both sides)."""
-
-    def __init__(self):
-        super().__init__()
-        self.shared = nn.Linear(4, 4)
-        self.a = nn.Linear(4, 4)
-
-    def forward(self, x):
-        return self.shared(self.a(self.shared(x)))
 
 
 def test_weights_used_on_both_sides_of_the_cut_are_not_split():
@@ -173,13 +149,13 @@ def test_weights_used_on_both_sides_of_the_cut_are_not_split():
                   preprocess=ArrayPreprocessor(), input_kind="array", spec={})
     X = np.random.RandomState(0).randn(3, 4).astype(np.float32)
     # The prefix's output would use the weights the top trains: no split.
-    assert split_frozen_prefix(bb, 1, X, "cpu") is None
+    assert bb.split(1, X, "cpu") is None
     tied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     tied[1].weight = tied[0].weight
     bb = Backbone(module=tied, blocks=[("0", [tied[0]]), ("1", [tied[1]])],
                   preprocess=ArrayPreprocessor(), input_kind="array", spec={})
-    assert split_frozen_prefix(bb, 1, X, "cpu") is None
+    assert bb.split(1, X, "cpu") is None
     untied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     bb = Backbone(module=untied, blocks=[("0", [untied[0]]), ("1", [untied[1]])],
                   preprocess=ArrayPreprocessor(), input_kind="array", spec={})
-    assert split_frozen_prefix(bb, 1, X, "cpu") is not None
+    assert bb.split(1, X, "cpu") is not None

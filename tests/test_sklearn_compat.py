@@ -3,7 +3,7 @@
 from conftest import TinyNet
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sktl import FeatureExtractor, TransferClassifier, TransferRegressor
+from sktl import ContrastiveClassifier, FeatureExtractor, TransferClassifier, TransferRegressor
 
 FAST = {"max_epochs": 30, "lr": 0.02, "batch_size": 16, "random_state": 0}
 
@@ -14,6 +14,7 @@ ESTIMATORS = [
     FeatureExtractor(TinyNet, random_state=0),
     # The backbone as an instance rather than a class.
     TransferClassifier(TinyNet(), unfreeze=1, **FAST),
+    ContrastiveClassifier(TinyNet, lr=0.01, pair_iterations=5, random_state=0),
 ]
 
 # sklearn compares joblib.hash(param) before and after fit against a deep
@@ -35,8 +36,19 @@ BATCH_FAILURES = {
 }
 
 
+# Training goes by mini-batches and their order: weighted rows equal repeated
+# rows only with the whole training set in one batch, which
+# tests/test_engine.py checks (test_integer_weights_equal_repeated_rows).
+WEIGHT_FAILURES = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "mini-batches: weights equal repeated rows with the whole set in one batch only",
+}
+
+
 def _expected_failures(estimator):
     failures = dict(BATCH_FAILURES)
+    if not isinstance(estimator, FeatureExtractor):
+        failures.update(WEIGHT_FAILURES)
     if isinstance(estimator.backbone, TinyNet):
         failures.update(INSTANCE_FAILURES)
     return failures

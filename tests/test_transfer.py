@@ -10,8 +10,9 @@ from conftest import TinyCNN, TinyNet
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_validate
+from torch import nn
 
-from sktl import FeatureExtractor, TransferClassifier, TransferRegressor
+from sktl import ContrastiveClassifier, FeatureExtractor, TransferClassifier, TransferRegressor
 from sktl.exceptions import UntrustedTypeError
 
 
@@ -48,205 +49,21 @@ def test_frozen_blocks_and_batchnorm_stats_stay_unchanged(unfreeze):
 
 
 def test_backbone_lr_is_a_separate_param_group():
+    from skorch.callbacks import Callback
+
+    class OptimizerGroups(Callback):
+        def on_train_begin(self, net, **kwargs):
+            groups = net.optimizer_.param_groups
+            self.lrs = sorted(g["lr"] for g in groups)
+            self.params = {id(p) for g in groups for p in g["params"]}
+
     X, y = _images()
+    seen = OptimizerGroups()
     clf = TransferClassifier(TinyCNN(), unfreeze=1, lr=0.1, backbone_lr=0.001,
-                             max_epochs=1, random_state=0)
-    clf.fit(X, y)
-    # Re-run the optimizer set-up the estimator used and read its groups.
-    from sktl._training import build_net
-
-    net = build_net(clf.module_, torch.nn.CrossEntropyLoss, lr=0.1, backbone_lr=0.001,
-                    optimizer="adamw", max_epochs=1, batch_size=8, device="cpu",
-                    valid_dataset=None, early_stopping=False, collate=None, verbose=0)
-    net.initialize()
-    lrs = sorted(g["lr"] for g in net.optimizer_.param_groups)
-    assert lrs == [0.001, 0.1]
-    n_trainable = sum(len(g["params"]) for g in net.optimizer_.param_groups)
-    expected = sum(1 for p in clf.module_.parameters() if p.requires_grad)
-    assert n_trainable == expected
-
-
-def test_unfreeze_larger_than_blocks_is_rejected(blobs):
-    X, y = blobs
-    with pytest.raises(ValueError, match="unfreeze=3 but the backbone has only 2 blocks"):
-        TransferClassifier(TinyNet, unfreeze=3).fit(X, y)
-    with pytest.raises(ValueError, match="unfreeze"):
-        TransferClassifier(TinyNet, unfreeze="some").fit(X, y)
-
-
-def test_same_random_state_same_predictions(blobs):
-    X, y = blobs
-    params = {"unfreeze": "all", "max_epochs": 3, "early_stopping": 2, "random_state": 7}
-    a = TransferClassifier(TinyNet, **params).fit(X, y).predict_proba(X)
-    b = TransferClassifier(TinyNet, **params).fit(X, y).predict_proba(X)
-    np.testing.assert_array_equal(a, b)
-    c = TransferClassifier(TinyNet, **{**params, "random_state": 8}).fit(X, y).predict_proba(X)
-    assert not np.array_equal(a, c)
-
-
-def test_any_label_type_and_proba(blobs):
-    X, y = blobs
-    labels = np.array(["cat", "dog", "eel"])[y]
-    clf = TransferClassifier(TinyNet, unfreeze="all", max_epochs=20, lr=0.02,
-                             random_state=0).fit(X, labels)
-    assert list(clf.classes_) == ["cat", "dog", "eel"]
-    proba = clf.predict_proba(X)
-    np.testing.assert_allclose(proba.sum(1), 1.0)
-    assert clf.score(X, labels) > 0.9
-    assert clf.decision_function(X).shape == (len(X), 3)
-
-
-def test_grid_search_over_unfreeze_starts_each_clone_from_pretrained(blobs):
-    X, y = blobs
-    pretrained = TinyNet()
-    pretrained(torch.zeros(1, 5))  # materialise the lazy layer
-    before = _state(pretrained)
-    search = GridSearchCV(
-        TransferClassifier(pretrained, max_epochs=3, random_state=0),
-        {"unfreeze": [0, 1, "all"], "lr": [0.01, 0.05]}, cv=2,
-    ).fit(X, y)
-    assert search.best_score_ > 0.5
-    for k, v in pretrained.state_dict().items():
-        assert torch.equal(v, before[k])
-    # Each fit starts from the same pretrained weights: fitting the best
-    # configuration twice from clones gives identical models.
-    one = clone(search.best_estimator_).fit(X, y)
-    two = clone(search.best_estimator_).fit(X, y)
-    np.testing.assert_array_equal(one.predict_proba(X), two.predict_proba(X))
-
-
-def test_fitted_source_survives_clone_and_cross_validation(blobs):
-    """pretrain on the source, fine-tune on the target, under CV."""
-    X, y = blobs
-    source = TransferClassifier(TinyNet, unfreeze="all", max_epochs=10, lr=0.02,
-                                random_state=0).fit(X, y)
-    target = TransferClassifier(backbone=source, unfreeze=1, max_epochs=5, lr=0.01,
-                                random_state=0)
-    cloned = clone(target)
-    assert cloned.backbone is source  # not an unfitted copy
-    scores = cross_validate(target, X, y, cv=3)["test_score"]
-    assert scores.mean() > 0.9  # starts from the trained source backbone
-    search = GridSearchCV(target, {"unfreeze": [0, 2]}, cv=2).fit(X, y)
-    assert search.best_estimator_.backbone is source
-    assert hasattr(source, "backbone_")
-
-
-def test_pickle_round_trip_and_cpu_loading(blobs):
-    X, y = blobs
-    clf = TransferClassifier(TinyNet, unfreeze=1, max_epochs=2, random_state=0).fit(X, y)
-    restored = pickle.loads(pickle.dumps(clf))
-    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
-    # A model pickled on a GPU machine records device_="cuda"; on a machine
-    # without CUDA it loads onto the CPU.
-    clf.device_ = "cuda"
-    state = clf.__getstate__()
-    if not torch.cuda.is_available():
-        other = TransferClassifier.__new__(TransferClassifier)
-        other.__setstate__(state)
-        assert other.device_ == "cpu"
-        np.testing.assert_array_equal(other.predict(X), restored.predict(X))
-
-
-def test_regressor_multi_output_and_1d(blobs):
-    X, _ = blobs
-    y2 = np.c_[X[:, 0] * 2, X[:, 1] - X[:, 2]]
-    reg = TransferRegressor(TinyNet, unfreeze="all", max_epochs=40, lr=0.02,
-                            random_state=0).fit(X, y2)
-    assert reg.predict(X).shape == (len(X), 2)
-    assert reg.score(X, y2) > 0.8
-    reg.fit(X, y2[:, 0])
-    assert reg.predict(X).shape == (len(X),)
-
-
-@pytest.mark.parametrize("Est", [TransferClassifier, TransferRegressor])
-def test_bad_inputs_raise_clear_errors(Est, blobs):
-    X, y = blobs
-    est = Est(TinyNet, max_epochs=1)
-    with pytest.raises(NotFittedError):
-        est.predict(X)
-    Xnan = X.copy()
-    Xnan[3, 2] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        est.fit(Xnan, y)
-    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
-        est.fit(X, y[:-1])
-    est.fit(X, y)
-    with pytest.raises(ValueError, match="X has 4 features, but .* is expecting 5"):
-        est.predict(X[:, :4])
-
-
-def test_one_class_is_rejected(blobs):
-    X, _ = blobs
-    with pytest.raises(ValueError, match="only one class"):
-        TransferClassifier(TinyNet).fit(X, np.zeros(len(X)))
-
-
-@pytest.mark.parametrize("params", [
-    {"max_epochs": 2},
-    {"strategy": "contrastive", "unfreeze": 1, "backbone_lr": 1e-2, "pair_iterations": 2},
-])
-def test_failed_refit_keeps_the_fitted_model(blobs, params):
-    X, y = blobs
-    clf = TransferClassifier(TinyNet, random_state=0, **params).fit(X, y)
-    before = clf.predict_proba(X)
-    with pytest.raises(ValueError):
-        clf.fit(X, np.zeros(len(X)))
-    # X passes validation (which records its width) before y is rejected.
-    with pytest.raises(ValueError, match="only one class"):
-        clf.fit(np.hstack([X, X]), np.zeros(len(X)))
-    assert clf.n_features_in_ == X.shape[1]
-    clf.set_params(unfreeze=99)
-    with pytest.raises(ValueError):
-        clf.fit(X, y)
-    np.testing.assert_array_equal(clf.predict_proba(X), before)
-
-
-def test_failed_refit_keeps_the_fitted_extractor(blobs):
-    X, _ = blobs
-    fe = FeatureExtractor(TinyNet, random_state=0).fit(X)
-    before = fe.transform(X)
-    fe.set_params(layer="no_such_block")
-    with pytest.raises(ValueError, match="no_such_block"):
-        fe.fit(np.hstack([X, X]))
-    assert fe.n_features_in_ == X.shape[1]
-    np.testing.assert_array_equal(fe.transform(X), before)
-
-
-def test_image_inputs_in_every_layout_give_the_same_features(tmp_path):
-    from PIL import Image
-
-    rng = np.random.RandomState(0)
-    nhwc = rng.randint(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
-    fe = FeatureExtractor("resnet18", weights=None, random_state=0).fit(nhwc)
-    ref = fe.transform(nhwc)
-    np.testing.assert_allclose(fe.transform(nhwc.transpose(0, 3, 1, 2)), ref, atol=1e-5)
-    np.testing.assert_allclose(fe.transform(nhwc / 255.0), ref, atol=1e-5)
-    pil = [Image.fromarray(im) for im in nhwc]
-    np.testing.assert_allclose(fe.transform(pil), ref, atol=1e-5)
-    paths = []
-    for i, im in enumerate(pil):
-        paths.append(str(tmp_path / f"{i}.png"))
-        im.save(paths[-1])
-    np.testing.assert_allclose(fe.transform(paths), ref, atol=1e-5)
-    grey = nhwc[..., 0]
-    np.testing.assert_allclose(fe.transform(grey), fe.transform(np.repeat(grey[..., None], 3, -1)),
-                               atol=1e-5)
-    with pytest.raises(ValueError, match="3-D .* or 4-D"):
-        fe.transform(nhwc.reshape(4, -1))
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        fe.transform([str(tmp_path / "missing.png")])
-
-
-def test_feature_extractor_pandas_output_and_names(blobs):
-    X, _ = blobs
-    fe = FeatureExtractor(TinyNet, random_state=0).set_output(transform="pandas").fit(X)
-    out = fe.transform(X)
-    assert list(out.columns[:2]) == ["featureextractor0", "featureextractor1"]
-    assert out.shape == (len(X), 16)
-    low = FeatureExtractor(TinyNet, layer="block1", random_state=0).fit(X)
-    assert low.transform(X).shape == (len(X), 16)
-    with pytest.raises(ValueError, match="valid names are"):
-        FeatureExtractor(TinyNet, layer="nope").fit(X)
+                             max_epochs=1, random_state=0, callbacks=[seen]).fit(X, y)
+    assert seen.lrs == [0.001, 0.1]
+    # Exactly the trainable parameters are optimised.
+    assert seen.params == {id(p) for p in clf.module_.parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("make", [
@@ -254,8 +71,8 @@ def test_feature_extractor_pandas_output_and_names(blobs):
     lambda: TransferRegressor(TinyNet, unfreeze="all", max_epochs=2, random_state=0),
     lambda: FeatureExtractor(TinyNet, layer="block1", random_state=0),
     lambda: FeatureExtractor(TinyNet, precision="bf16", random_state=0),
-    lambda: TransferClassifier(TinyNet, strategy="contrastive", unfreeze=1,
-                               backbone_lr=1e-2, pair_iterations=2, random_state=0),
+    lambda: ContrastiveClassifier(TinyNet, unfreeze=1, lr=1e-2, pair_iterations=2,
+                                  random_state=0),
 ])
 def test_safe_format_round_trip(make, blobs, tmp_path):
     import sktl
@@ -310,7 +127,7 @@ def test_seeded_torch_forks_and_seeds_only_the_fit_device(monkeypatch, device, f
                                                           seeded):
     import contextlib
 
-    from sktl._inference import seeded_torch
+    from sktl._engine import seeded_torch
 
     calls = {"fork": None, "seed": []}
 
@@ -332,7 +149,7 @@ def test_seeded_torch_forks_and_seeds_only_the_fit_device(monkeypatch, device, f
 
 
 def test_seeded_torch_restores_an_mps_generator(monkeypatch):
-    from sktl._inference import seeded_torch
+    from sktl._engine import seeded_torch
 
     generator = {"state": "user's", "seeded": []}
     monkeypatch.setattr(torch.mps, "get_rng_state", lambda device: generator["state"])
@@ -349,7 +166,7 @@ def test_seeded_torch_restores_an_mps_generator(monkeypatch):
 def test_seeded_torch_seeds_the_fit_device_of_a_numbered_accelerator(monkeypatch):
     import contextlib
 
-    from sktl._inference import seeded_torch
+    from sktl._engine import seeded_torch
 
     calls = {"current": 0, "seeded_on": [], "states": []}
 
@@ -517,6 +334,73 @@ def test_safe_format_refuses_module_instances(blobs, tmp_path):
         sktl.save(clf, tmp_path / "m")
 
 
+class TwoLayerHead(nn.Module):
+    """A custom head class, ``head(n_features, n_classes)``."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(n_in, 8), nn.Tanh(), nn.Linear(8, n_out))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def test_a_head_class_is_saved_by_name_and_loaded_when_trusted(blobs, tmp_path):
+    import sktl
+
+    X, y = blobs
+    clf = TransferClassifier(nn.Flatten, head=TwoLayerHead, max_epochs=2,
+                             random_state=0).fit(X, y)
+    sktl.save(clf, tmp_path / "m")
+    with pytest.raises(UntrustedTypeError, match="TwoLayerHead"):
+        sktl.load(tmp_path / "m")
+    loaded = sktl.load(tmp_path / "m", trusted=[TwoLayerHead])
+    assert loaded.head is TwoLayerHead
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=1e-6)
+    with pytest.raises(TypeError, match="cannot be stored"):  # a function is no class
+        sktl.save(clf.set_params(head=lambda n_in, n_out: nn.Linear(n_in, n_out)),
+                  tmp_path / "f")
+
+
+def test_training_only_parameters_are_saved_as_their_defaults(blobs, tmp_path):
+    from skorch.callbacks import Callback
+
+    import sktl
+    from sktl.callbacks import EarlyStopping
+    from sktl.losses import DomainAwareLoss
+
+    X, y = blobs
+    y_da = np.where(np.arange(len(y)) < 90, y, -1)
+    clf = TransferClassifier(TinyNet, unfreeze=1, criterion=DomainAwareLoss("coral"),
+                             callbacks=[Callback()], class_weight={0: 2.0, 1: 1.0, 2: 1.0},
+                             early_stopping=EarlyStopping(patience=2), max_epochs=3,
+                             augment=torch.neg, random_state=0).fit(X, y_da)
+    sktl.save(clf, tmp_path / "m")
+    loaded = sktl.load(tmp_path / "m", trusted=[TinyNet])
+    params = loaded.get_params()
+    assert (params["criterion"], params["callbacks"], params["class_weight"],
+            params["early_stopping"], params["augment"]) == (None, None, None, False, None)
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_truncated_sentence_encoder_student_saves_and_loads(minilm_dir, tmp_path):
+    import sktl
+    from sktl.backbones import truncate_sentence_encoder
+
+    X = ["a fine film", "a dull film", "great acting", "poor plot"] * 3
+    y = np.array([1, 0, 1, 0] * 3)
+    student = TransferClassifier(truncate_sentence_encoder(minilm_dir, 1), unfreeze="all",
+                                 max_epochs=1, random_state=0).fit(X, y)
+    assert student.backbone_.spec == {"kind": "sentence_transformers", "name": minilm_dir,
+                                      "layers": 1}
+    sktl.save(student, tmp_path / "student")
+    loaded = sktl.load(tmp_path / "student")
+    assert len(loaded.backbone_.module.model[0].auto_model.encoder.layer) == 1
+    np.testing.assert_allclose(loaded.predict_proba(X), student.predict_proba(X), rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_parallel_cross_validation_limits_torch_threads_per_worker(blobs):
     """n_jobs=2 on joblib's process backend: each worker runs torch with
     cpu_count // n_jobs threads, so workers do not oversubscribe the cores."""
@@ -537,7 +421,7 @@ def test_parallel_cross_validation_limits_torch_threads_per_worker(blobs):
 
 
 def test_worker_threads_caps_torch_at_omp_num_threads(monkeypatch):
-    from sktl._inference import worker_threads
+    from sktl._engine import worker_threads
 
     before = torch.get_num_threads()
     try:

@@ -58,7 +58,7 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import _num_samples
 
-from ..domain._convention import UNLABELLED, is_unlabelled
+from ..domain import UNLABELLED, is_unlabelled
 
 __all__ = [
     "DomainKFold",

@@ -33,7 +33,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 
 import sktl
+from sktl.losses import DomainAwareLoss
 from sktl import (
+    ContrastiveClassifier,
     DistillationClassifier,
     DomainAdaptTransformer,
     FeatureExtractor,
@@ -158,11 +160,11 @@ ESTIMATORS = {
         TinyNet, unfreeze=0, max_epochs=1, batch_size=4, random_state=0, cache=False),
     "transfer_classifier_prefix": lambda: TransferClassifier(
         TinyNet, unfreeze=1, max_epochs=1, early_stopping=1, random_state=0, cache=False),
-    "contrastive": lambda: TransferClassifier(
-        TinyNet, unfreeze="all", strategy="contrastive", batch_size=8, pair_iterations=2,
-        random_state=0, cache=False),
+    "contrastive": lambda: ContrastiveClassifier(
+        TinyNet, batch_size=8, pair_iterations=2, random_state=0, cache=False),
     "domain_loss": lambda: TransferClassifier(
-        TinyNet, unfreeze=1, domain_loss="coral", max_epochs=1, random_state=0, cache=False),
+        TinyNet, unfreeze=1, criterion=DomainAwareLoss("coral"), max_epochs=1,
+        random_state=0, cache=False),
     "transfer_regressor": lambda: TransferRegressor(
         TinyNet, unfreeze="all", max_epochs=1, batch_size=4, random_state=0, cache=False),
     "feature_extractor": lambda: FeatureExtractor(TinyNet, random_state=0, cache=False),
@@ -254,10 +256,12 @@ def test_text_inputs_work_or_raise_a_clear_error(kind, texts, data, small_encode
         if outcome(lambda: est.fit(texts)) is not None:
             _check_fitted(est, texts)
         return
-    est = TransferClassifier(small_encoder, unfreeze=1, max_epochs=1, batch_size=8,
-                             random_state=0, cache=False,
-                             **({"strategy": "contrastive", "pair_iterations": 1}
-                                if kind == "contrastive" else {}))
+    if kind == "contrastive":
+        est = ContrastiveClassifier(small_encoder, unfreeze=1, batch_size=8,
+                                    pair_iterations=1, random_state=0, cache=False)
+    else:
+        est = TransferClassifier(small_encoder, unfreeze=1, max_epochs=1, batch_size=8,
+                                 random_state=0, cache=False)
     if outcome(lambda: est.fit(texts, y)) is not None:
         _check_fitted(est, texts)
 

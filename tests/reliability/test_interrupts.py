@@ -38,7 +38,8 @@ rng = np.random.RandomState(0)
 X = rng.normal(size=(48, 6)).astype("float32")
 y = np.arange(48) % 3
 
-from sktl import DistillationClassifier, TransferClassifier, TransferRegressor
+from sktl import (ContrastiveClassifier, DistillationClassifier, TransferClassifier,
+                  TransferRegressor)
 from sklearn.model_selection import GridSearchCV
 
 def tc(**kw):
@@ -54,6 +55,10 @@ def make(case):
         return tc(unfreeze=0), (X, y), {"max_epochs": 10**6}
     if case == "prefix":
         return tc(unfreeze=1), (X, y), {"max_epochs": 10**6}
+    if case == "domain":
+        from sktl.losses import DomainAwareLoss
+        est = tc(unfreeze=1, criterion=DomainAwareLoss("coral"))
+        return est, (X, np.where(np.arange(48) < 32, y, -1)), {"max_epochs": 10**6}
     if case == "regressor":
         est = TransferRegressor(TinyNet, unfreeze="all", random_state=0, max_epochs=2)
         return est, (X, X[:, 0]), {"max_epochs": 10**6}
@@ -62,9 +67,8 @@ def make(case):
         est = DistillationClassifier(LogisticRegression(), tc(unfreeze="all"), random_state=0)
         return est, (X, np.where(np.arange(48) < 24, y, -1)), {"student__max_epochs": 10**6}
     if case == "contrastive":
-        est = TransferClassifier(TinyNet, unfreeze="all", strategy="contrastive", batch_size=8,
-                                 contrastive_epochs=1, random_state=0)
-        return est, (X, y), {"contrastive_epochs": 10**6}
+        est = ContrastiveClassifier(TinyNet, batch_size=8, random_state=0)
+        return est, (X, y), {"max_epochs": 10**6}
     if case == "detector":
         from sktl import TransferDetector
         from sktl.datasets import make_fashion_scenes
@@ -102,8 +106,8 @@ for case in cases:
         print(case, "INTERRUPTED", "UNCHANGED" if unchanged else "CHANGED", flush=True)
 """
 
-CASES = ["finetune", "early_stopping", "head_only", "prefix", "regressor", "distillation", "contrastive",
-         "detector", "grid_search"]
+CASES = ["finetune", "early_stopping", "head_only", "prefix", "domain", "regressor",
+         "distillation", "contrastive", "detector", "grid_search"]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
 
 from sktl import (
+    ContrastiveClassifier,
     DistillationClassifier,
     DomainAdaptTransformer,
     FeatureExtractor,
@@ -70,10 +71,9 @@ def test_a_backbone_that_outputs_nan_is_reported_at_fit(unfreeze, data):
 
 def test_contrastive_tuning_stops_when_it_diverges(data):
     X, y = data
-    clf = TransferClassifier(TinyNet, unfreeze="all", strategy="contrastive", batch_size=8,
-                             backbone_lr=1e12, optimizer="adamw", contrastive_loss="cosine",
-                             random_state=0)
-    with pytest.raises(DivergenceError, match=r"(?s)epoch \d+.*backbone_lr"):
+    clf = ContrastiveClassifier(TinyNet, batch_size=8, lr=1e12, criterion="cosine",
+                                random_state=0)
+    with pytest.raises(DivergenceError, match=r"(?s)epoch \d+.*lr"):
         clf.fit(X, y)
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import pool_features
-from .backbones._inputs import n_samples, take
+from ..backbones import call_module, n_samples, pool_features, take, to_device
 
 __all__ = [
     "LayerOutput",
     "batch_order",
     "call_module",
     "check_finite",
+    "check_finite_rows",
     "forward_batches",
     "probe_width",
     "resolve_device",
@@ -103,17 +103,6 @@ def resolve_device(device):
     return str(dev)
 
 
-def to_device(batch, device):
-    if isinstance(batch, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    return batch.to(device, non_blocking=True)
-
-
-def call_module(module, batch):
-    """Tokenised inputs are dicts passed as keywords; tensors positionally."""
-    return module(**batch) if isinstance(batch, dict) else module(batch)
-
-
 def batch_order(preprocess, X):
     """Process texts longest first, like ``SentenceTransformer.encode``:
     similar lengths share a batch, so padding (wasted compute) is minimal."""
@@ -127,7 +116,10 @@ def forward_batches(module, preprocess, X, *, batch_size, device, progress=False
                     desc="batches", cache=None, key=None, pool=True, like=None):
     """Run ``module`` over X in batches under ``torch.inference_mode``.
 
-    Returns a float32 numpy array with one row per sample, in input order:
+    A batch that runs the device out of memory is tried again at half the
+    size (down to one sample), with a warning: inference backs off instead
+    of failing. Returns a float32 numpy array with one row per sample, in
+    input order:
     the module's output pooled to a vector (``pool=True``) or as it is
     (feature maps of a frozen prefix, ``pool=False``).
     With a ``cache`` (and the ``key`` of what ``module`` computes), rows
@@ -141,29 +133,60 @@ def forward_batches(module, preprocess, X, *, batch_size, device, progress=False
     n = n_samples(X)
     order = batch_order(preprocess, X)
     index = np.arange(n) if order is None else order
-    starts = range(0, n, batch_size)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=desc, unit="batch")
+        bar = tqdm(total=n, desc=desc, unit="sample")
     module.eval()
-    out = None
+    out, start, size = None, 0, batch_size
     with torch.inference_mode():
-        for start in starts:
-            idx = index[start:start + batch_size]
-            batch = to_device(preprocess(take(X, idx)), device)
-            result = call_module(module, batch)
+        while start < n:
+            idx = index[start:start + size]
+            try:
+                batch = to_device(preprocess(take(X, idx)), device)
+                result = call_module(module, batch)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                if size == 1 or not _out_of_memory(exc):
+                    raise
+                size = _back_off(size, device)
+                continue
             if pool:
                 result = pool_features(result, attention_mask=_mask(batch))
             result = result.float().cpu().numpy()
             if out is None:
                 out = np.empty((n, *result.shape[1:]), dtype=np.float32)
             out[idx] = result
+            start += len(idx)
+            if bar is not None:
+                bar.update(len(idx))
+    if bar is not None:
+        bar.close()
     return out
 
 
+def _out_of_memory(exc):
+    """A device out of memory (CUDA's error type; MPS and others raise a
+    RuntimeError saying so)."""
+    return (isinstance(exc, torch.cuda.OutOfMemoryError)
+            or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))
+
+
+def _back_off(size, device):
+    """Half the batch size after running out of memory, with a warning."""
+    import warnings
+
+    smaller = max(1, size // 2)
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    warnings.warn(f"{device} ran out of memory at batch_size={size}: predicting with batches "
+                  f"of {smaller} instead (set batch_size lower to avoid the retry).",
+                  RuntimeWarning, stacklevel=4)
+    return smaller
+
+
 def _cached_forward(module, preprocess, X, cache, key, like, **kwargs):
-    from ._cache import sample_hashes
+    from .._cache import sample_hashes
 
     hashes = sample_hashes(X)
     rows = cache.lookup(key, hashes, like=like)
@@ -186,6 +209,16 @@ def check_finite(out, what, hint):
         raise ValueError(f"{what} are not finite (NaN or infinity) for {len(rows)} of "
                          f"{len(out)} samples (rows {shown}); {hint}.")
     return out
+
+
+def check_finite_rows(rows, what, hint):
+    """:func:`check_finite` for a list of per-sample arrays (of any shapes)."""
+    bad = np.flatnonzero([not np.isfinite(r).all() for r in rows])
+    if len(bad):
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        raise ValueError(f"{what} are not finite (NaN or infinity) for {len(bad)} of "
+                         f"{len(rows)} samples (rows {shown}); {hint}.")
+    return rows
 
 
 #: ``check_finite``'s hint for predictions and features of a fitted model.

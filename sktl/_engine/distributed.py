@@ -2,8 +2,9 @@
 
 ``precision="bf16"``/``"fp16"`` runs the forward passes under
 ``torch.autocast`` (training and prediction); ``"fp16"`` also scales the
-loss (``torch.amp.GradScaler``) so that small gradients do not underflow,
-and needs CUDA. ``accelerator=accelerate.Accelerator(...)`` trains through
+loss (``torch.amp.GradScaler``, in :class:`~sktl._engine.net.EngineNet`) so
+that small gradients do not underflow, and needs CUDA.
+``device=accelerate.Accelerator(...)`` trains through
 skorch's :class:`~skorch.hf.AccelerateMixin` instead: the accelerator places
 the model, wraps it in ``DistributedDataParallel`` when the script runs
 under ``accelerate launch`` or ``torchrun`` (one process per GPU, or
@@ -17,7 +18,7 @@ import contextlib
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "check_precision", "distributed_net"]
+__all__ = ["PRECISIONS", "autocast", "check_precision", "device_type", "distributed_net"]
 
 #: Accepted values of ``precision``.
 PRECISIONS = ("32", "bf16", "fp16")
@@ -25,7 +26,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _ACCELERATE_NAMES = {"32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-def _device_type(device):
+def device_type(device):
     return torch.device(device).type if device is not None else "cpu"
 
 
@@ -42,7 +43,7 @@ def check_precision(precision, device, accelerator=None):
                 f"it (Accelerator(mixed_precision={_ACCELERATE_NAMES[precision]!r})) and "
                 "leave precision='32'.")
         device = accelerator.device  # where the accelerator puts the model
-    if precision == "fp16" and _device_type(device) != "cuda":
+    if precision == "fp16" and device_type(device) != "cuda":
         raise ValueError(
             f"precision='fp16' needs a CUDA device, but the model runs on {device!r}: "
             "float16 autocast with loss scaling is a GPU feature. Use precision='bf16' "
@@ -53,43 +54,7 @@ def autocast(precision, device):
     """``torch.autocast`` for ``precision`` on ``device``; a no-op for ``"32"``."""
     if precision in (None, "32"):
         return contextlib.nullcontext()
-    return torch.autocast(_device_type(device), dtype=_DTYPES[precision])
-
-
-class _MixedPrecisionMixin:
-    """Train a skorch net under ``torch.autocast``, scaling the fp16 loss."""
-
-    def __init__(self, *args, precision="32", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.precision = precision
-
-    def initialize(self):
-        super().initialize()
-        self.grad_scaler_ = torch.amp.GradScaler(_device_type(self.device),
-                                                 enabled=self.precision == "fp16")
-        return self
-
-    def train_step_single(self, batch, **fit_params):
-        from skorch.dataset import unpack_data
-
-        self._set_training(True)
-        Xi, yi = unpack_data(batch)
-        with autocast(self.precision, self.device):
-            y_pred = self.infer(Xi, **fit_params)
-            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        self.grad_scaler_.scale(loss).backward()
-        return {"loss": loss, "y_pred": y_pred}
-
-    def evaluation_step(self, batch, training=False):
-        with autocast(self.precision, self.device):
-            return super().evaluation_step(batch, training=training)
-
-    def _step_optimizer(self, step_fn):
-        # GradScaler cannot step with a closure: compute, then step.
-        step_fn()
-        for name in self._optimizers:
-            self.grad_scaler_.step(getattr(self, name + "_"))
-        self.grad_scaler_.update()
+    return torch.autocast(device_type(device), dtype=_DTYPES[precision])
 
 
 def _has_trainable(module):
@@ -129,27 +94,20 @@ def _accelerate_mixin():
     return _AccelerateMixin
 
 
-def distributed_net(net, *, precision="32", accelerator=None):
-    """``net`` rebuilt to train with mixed precision or through ``accelerator``.
-
-    The net's class gains :class:`skorch.hf.AccelerateMixin` (with an
-    accelerator; device placement is then the accelerator's) or the
-    autocast mixin above; every other setting is kept. Without either,
-    ``net`` is returned unchanged.
-    """
-    if accelerator is None and precision == "32":
+def distributed_net(net, *, accelerator=None):
+    """``net`` rebuilt to train through ``accelerator`` (its class gains
+    :class:`skorch.hf.AccelerateMixin`; device placement and mixed precision
+    are then the accelerator's), or ``net`` itself without one."""
+    if accelerator is None:
         return net
     params = {k: v for k, v in net.get_params(deep=False).items() if not k.startswith("_")}
     base = type(net)
-    if accelerator is not None:
-        cls = type(f"Accelerated{base.__name__}", (_accelerate_mixin(), base), {})
-        from skorch.utils import noop
+    cls = type(f"Accelerated{base.__name__}", (_accelerate_mixin(), base), {})
+    from skorch.utils import noop
 
-        params["device"] = None
-        # The epoch log goes to the accelerator's print (main process only),
-        # and nowhere with verbose=0: skorch's PrintLog calls a sink other
-        # than print whatever the verbosity.
-        sink = getattr(accelerator, "print", print) if net.verbose else noop
-        return cls(accelerator=accelerator, callbacks__print_log__sink=sink, **params)
-    cls = type(f"MixedPrecision{base.__name__}", (_MixedPrecisionMixin, base), {})
-    return cls(precision=precision, **params)
+    params["device"] = None
+    # The epoch log goes to the accelerator's print (main process only),
+    # and nowhere with verbose=0: skorch's PrintLog calls a sink other
+    # than print whatever the verbosity.
+    sink = getattr(accelerator, "print", print) if net.verbose else noop
+    return cls(accelerator=accelerator, callbacks__print_log__sink=sink, **params)
