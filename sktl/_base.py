@@ -11,10 +11,12 @@ from numbers import Real
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 from torch import nn
 
@@ -58,7 +60,8 @@ from .backbones import (
 from .callbacks import EarlyStopping
 from .losses import DomainAwareLoss, as_loss
 
-__all__ = ["BackboneEstimatorMixin", "TrainingEstimatorMixin", "TransferEstimator"]
+__all__ = ["BackboneEstimatorMixin", "LogitClassifierMixin", "TrainingEstimatorMixin",
+           "TransferEstimator"]
 
 
 class BackboneEstimatorMixin:
@@ -182,11 +185,40 @@ def is_accelerator(device):
     return all(hasattr(device, name) for name in ("prepare", "backward", "device"))
 
 
-#: ``_parameter_constraints`` entry of ``device``: a name, or an accelerator.
-DEVICE_CONSTRAINT = [str, None, HasMethods(["prepare", "backward"])]
 #: ``_parameter_constraints`` entry of ``criterion``: an sktl loss, a torch loss
 #: module (instance or class), or None for the estimator's default.
 CRITERION_CONSTRAINT = [nn.Module, type, None]
+
+
+def class_weight_rows(class_weight, codes, classes):
+    """Per-row weights of ``class_weight`` (``"balanced"`` or ``{label:
+    weight}``, as scikit-learn's) over the rows with a class code, 1 for
+    unlabelled rows (code ``-1``); None without class weights."""
+    if class_weight is None:
+        return None
+    labelled = codes >= 0
+    spec = class_weight
+    if isinstance(spec, dict):
+        unknown = [k for k in spec if k not in set(classes.tolist())]
+        if unknown:
+            raise ValueError(f"class_weight names labels {unknown} that are not among "
+                             f"the classes of y {classes.tolist()}.")
+        spec = {int(np.flatnonzero(classes == k)[0]): w for k, w in spec.items()}
+    per_class = compute_class_weight(spec, classes=np.arange(len(classes)), y=codes[labelled])
+    weights = np.ones(len(codes))
+    weights[labelled] = per_class[codes[labelled]]
+    return weights
+
+
+def row_weights(sample_weight, class_weights, labelled):
+    """``sample_weight`` (checked) times ``class_weights``, scaled to a mean
+    of 1 over the ``labelled`` rows (see :func:`sktl.losses.weighted_mean`),
+    or None when neither is given."""
+    weights = None if sample_weight is None else check_row_weights(sample_weight,
+                                                                    len(labelled))
+    if class_weights is not None:
+        weights = class_weights if weights is None else weights * class_weights
+    return None if weights is None else unit_mean(weights, labelled)
 
 
 def unit_mean(weights, rows):
@@ -327,30 +359,74 @@ class TrainingEstimatorMixin:
         return FrozenReader(split, top, None, self.backbone_.module, trainable)
 
 
+#: ``_parameter_constraints`` of the settings every training estimator has.
+TRAINING_CONSTRAINTS = {
+    "backbone": "no_validation",
+    "weights": "no_validation",
+    "lr": [Interval(Real, 0, None, closed="neither")],
+    "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
+    "max_epochs": [Count(1)],
+    "optimizer": [StrOptions(set(OPTIMIZERS)), type],
+    "early_stopping": ["boolean", Count(1), EarlyStopping],
+    "augment": [callable, None],
+    "callbacks": [list, tuple, None],
+    "device": [str, None, HasMethods(["prepare", "backward"])],
+    "random_state": ["random_state"],
+    "cache": CACHE_CONSTRAINT,
+    "verbose": ["verbose"],
+    "precision": [StrOptions(set(PRECISIONS))],
+}
+#: ``_parameter_constraints`` entry of ``class_weight``.
+CLASS_WEIGHT_CONSTRAINT = [StrOptions({"balanced"}), dict, None]
+
+
+class LogitClassifierMixin:
+    """``decision_function``, ``predict_proba`` and ``predict`` of a
+    classifier whose network outputs one logit per class (``_forward``)."""
+
+    def decision_function(self, X):
+        """Logits; for two classes the logit of ``classes_[1]`` minus ``classes_[0]``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_classes)
+        """
+        logits = self._forward(X).astype(np.float64)
+        if logits.shape[1] == 2:
+            return logits[:, 1] - logits[:, 0]
+        return logits
+
+    def predict_proba(self, X):
+        """Class probabilities, columns ordered as ``classes_``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        return softmax(self._forward(X).astype(np.float64), axis=1)
+
+    def predict(self, X):
+        """Most probable class per sample.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        logits = self._forward(X)
+        return self.classes_[np.argmax(logits, axis=1)]
+
+
 class TransferEstimator(TrainingEstimatorMixin, BackboneEstimatorMixin, BaseEstimator):
     """Fine-tuning core shared by :class:`~sktl.TransferClassifier` and
     :class:`~sktl.TransferRegressor` (not for direct use)."""
 
     _parameter_constraints = {
-        "backbone": "no_validation",
-        "weights": "no_validation",
+        **TRAINING_CONSTRAINTS,
         "unfreeze": [Count(0), StrOptions({"all"})],
         "head": [StrOptions({"linear", "mlp"}), callable],
         "criterion": CRITERION_CONSTRAINT,
-        "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr": [Interval(Real, 0, None, closed="left"), None],
-        "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
-        "max_epochs": [Count(1)],
         "batch_size": [Count(1)],
-        "optimizer": [StrOptions(set(OPTIMIZERS)), type],
-        "early_stopping": ["boolean", Count(1), EarlyStopping],
-        "augment": [callable, None],
-        "callbacks": [list, tuple, None],
-        "device": DEVICE_CONSTRAINT,
-        "random_state": ["random_state"],
-        "cache": CACHE_CONSTRAINT,
-        "verbose": ["verbose"],
-        "precision": [StrOptions(set(PRECISIONS))],
     }
 
     def __init__(self, backbone="resnet18", *, weights="DEFAULT", unfreeze=0,
@@ -402,7 +478,7 @@ class TransferEstimator(TrainingEstimatorMixin, BackboneEstimatorMixin, BaseEsti
                                     y_kwargs=self._y_validation)
             codes, n_outputs, target_attrs = self._encode_targets(y, criterion)
             targets = {"y": codes}
-            weights = self._row_weights(sample_weight, codes, target_attrs, len(codes))
+            weights = self._row_weights(sample_weight, codes, target_attrs)
             if weights is not None:
                 targets["sample_weight"] = weights.astype(np.float32)
             if soft_targets is not None or criterion.uses_soft_targets:
@@ -441,22 +517,13 @@ class TransferEstimator(TrainingEstimatorMixin, BackboneEstimatorMixin, BaseEsti
                 f"criterion={type(criterion).__name__}(...) trains the backbone's features "
                 f"only, not a head; use sktl.ContrastiveClassifier for contrastive tuning.")
 
-    def _row_weights(self, sample_weight, codes, target_attrs, n):
-        """Per-row weights (``sample_weight`` times ``class_weight``), scaled
-        to a mean of 1 over the labelled rows (see
-        :func:`sktl.losses.weighted_mean`), or None."""
-        weights = None if sample_weight is None else check_row_weights(sample_weight, n)
-        class_weights = self._class_weights(codes, target_attrs)
-        if class_weights is not None:
-            weights = class_weights if weights is None else weights * class_weights
-        if weights is None:
-            return None
-        labelled = codes >= 0 if codes.ndim == 1 and codes.dtype.kind in "iu" else \
-            np.ones(len(weights), dtype=bool)
-        return unit_mean(weights, labelled)
-
-    def _class_weights(self, codes, target_attrs):
-        return None  # classifiers: class_weight
+    def _row_weights(self, sample_weight, codes, target_attrs):
+        """Per-row weights (``sample_weight`` times ``class_weight``), or None."""
+        classes = target_attrs.get("classes_")
+        if classes is None:  # a regressor: every row is labelled, no class weights
+            return row_weights(sample_weight, None, np.ones(len(codes), dtype=bool))
+        return row_weights(sample_weight,
+                           class_weight_rows(self.class_weight, codes, classes), codes >= 0)
 
     @staticmethod
     def _check_soft_targets(soft_targets, criterion, n, n_outputs):

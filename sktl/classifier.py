@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import softmax
 from sklearn.base import ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
-from ._base import TransferEstimator
+from ._base import CLASS_WEIGHT_CONSTRAINT, LogitClassifierMixin, TransferEstimator
 from ._labels import check_label_types
 from .domain import is_unlabelled
 from .losses import CrossEntropyLoss, DomainAwareLoss
@@ -95,7 +92,7 @@ RUNTIME_PARAMETERS = """\
 """
 
 
-class TransferClassifier(ClassifierMixin, TransferEstimator):
+class TransferClassifier(LogitClassifierMixin, ClassifierMixin, TransferEstimator):
     """Classifier that transfers a pretrained backbone to a new task.
 
     The backbone is cut below its original head, a new head sized for the
@@ -190,10 +187,8 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
 
     _default_criterion = CrossEntropyLoss
     _y_validation = {"y_numeric": False}
-    _parameter_constraints = {
-        **TransferEstimator._parameter_constraints,
-        "class_weight": [StrOptions({"balanced"}), dict, None],
-    }
+    _parameter_constraints = {**TransferEstimator._parameter_constraints,
+                              "class_weight": CLASS_WEIGHT_CONSTRAINT}
 
     def __init__(self, backbone="resnet18", *, weights="DEFAULT", unfreeze=0,
                  head="linear", criterion=None, lr=1e-3, backbone_lr=None,
@@ -267,55 +262,5 @@ class TransferClassifier(ClassifierMixin, TransferEstimator):
         codes = encoder.transform(y).astype(np.int64)
         return codes, len(encoder.classes_), {"classes_": encoder.classes_}
 
-    def _class_weights(self, codes, target_attrs):
-        """Per-row weights of ``class_weight`` (1 for unlabelled rows), or None."""
-        if self.class_weight is None:
-            return None
-        classes = target_attrs["classes_"]
-        labelled = codes >= 0
-        spec = self.class_weight
-        if isinstance(spec, dict):
-            unknown = [k for k in spec if k not in set(classes.tolist())]
-            if unknown:
-                raise ValueError(f"class_weight names labels {unknown} that are not among "
-                                 f"the classes of y {classes.tolist()}.")
-            spec = {int(np.flatnonzero(classes == k)[0]): w for k, w in spec.items()}
-        per_class = compute_class_weight(spec, classes=np.arange(len(classes)),
-                                         y=codes[labelled])
-        weights = np.ones(len(codes))
-        weights[labelled] = per_class[codes[labelled]]
-        return weights
-
     def _stratify(self, codes):
         return codes
-
-    def decision_function(self, X):
-        """Logits; for two classes the logit of ``classes_[1]`` minus ``classes_[0]``.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) or (n_samples, n_classes)
-        """
-        logits = self._forward(X).astype(np.float64)
-        if logits.shape[1] == 2:
-            return logits[:, 1] - logits[:, 0]
-        return logits
-
-    def predict_proba(self, X):
-        """Class probabilities, columns ordered as ``classes_``.
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_classes)
-        """
-        return softmax(self._forward(X).astype(np.float64), axis=1)
-
-    def predict(self, X):
-        """Most probable class per sample.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        logits = self._forward(X)
-        return self.classes_[np.argmax(logits, axis=1)]

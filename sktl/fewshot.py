@@ -20,7 +20,6 @@ import copy
 from numbers import Real
 
 import numpy as np
-from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -30,20 +29,19 @@ from torch import nn
 
 from ._atomic import atomic_fit
 from ._base import (
+    CLASS_WEIGHT_CONSTRAINT,
     CRITERION_CONSTRAINT,
-    DEVICE_CONSTRAINT,
+    TRAINING_CONSTRAINTS,
     BackboneEstimatorMixin,
+    LogitClassifierMixin,
     TrainingEstimatorMixin,
-    check_row_weights,
-    unit_mean,
+    class_weight_rows,
+    row_weights,
 )
-from ._cache import CACHE_CONSTRAINT, resolve_cache
+from ._cache import resolve_cache
 from ._config import get_config
 from ._constraints import Count
 from ._engine import (
-    LR_SCHEDULES,
-    OPTIMIZERS,
-    PRECISIONS,
     BalancedBatches,
     FrozenReader,
     Rows,
@@ -60,7 +58,6 @@ from ._engine import (
     worker_threads,
 )
 from ._labels import check_label_types
-from .callbacks import EarlyStopping
 from .losses import CosinePairLoss, SupConLoss, as_loss
 
 __all__ = ["ContrastiveClassifier", "auto_temperature"]
@@ -86,8 +83,8 @@ def auto_temperature(n_per_class):
     return AUTO_TEMPERATURES[nearest]
 
 
-class ContrastiveClassifier(ClassifierMixin, TrainingEstimatorMixin, BackboneEstimatorMixin,
-                            BaseEstimator):
+class ContrastiveClassifier(LogitClassifierMixin, ClassifierMixin, TrainingEstimatorMixin,
+                            BackboneEstimatorMixin, BaseEstimator):
     """Few-shot classifier: contrastive tuning of an encoder, then a
     logistic-regression head (SetFit-style).
 
@@ -192,26 +189,13 @@ class ContrastiveClassifier(ClassifierMixin, TrainingEstimatorMixin, BackboneEst
     """
 
     _parameter_constraints = {
-        "backbone": "no_validation",
-        "weights": "no_validation",
+        **TRAINING_CONSTRAINTS,
         "unfreeze": [Count(1), StrOptions({"all"})],
         "criterion": [StrOptions({"supcon", "cosine"}), *CRITERION_CONSTRAINT],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
-        "max_epochs": [Count(1)],
         "batch_size": [Count(2)],
         "pair_iterations": [Count(1)],
-        "optimizer": [StrOptions(set(OPTIMIZERS)), type],
         "head_C": [Interval(Real, 0, None, closed="neither")],
-        "early_stopping": ["boolean", Count(1), EarlyStopping],
-        "class_weight": [StrOptions({"balanced"}), dict, None],
-        "augment": [callable, None],
-        "callbacks": [list, tuple, None],
-        "device": DEVICE_CONSTRAINT,
-        "random_state": ["random_state"],
-        "cache": CACHE_CONSTRAINT,
-        "verbose": ["verbose"],
-        "precision": [StrOptions(set(PRECISIONS))],
+        "class_weight": CLASS_WEIGHT_CONSTRAINT,
     }
 
     def __init__(self, backbone="sentence-transformers/all-MiniLM-L6-v2", *,
@@ -291,7 +275,9 @@ class ContrastiveClassifier(ClassifierMixin, TrainingEstimatorMixin, BackboneEst
             if self.criterion == "supcon":
                 temperature = auto_temperature(float(np.median(np.bincount(codes))))
                 criterion.temperature = temperature
-            weights = self._row_weights(sample_weight, codes, classes)
+            weights = row_weights(sample_weight,
+                                  class_weight_rows(self.class_weight, codes, classes),
+                                  np.ones(len(codes), dtype=bool))
             targets = {"y": codes}
             if weights is not None:
                 targets["sample_weight"] = weights.astype(np.float32)
@@ -376,21 +362,6 @@ class ContrastiveClassifier(ClassifierMixin, TrainingEstimatorMixin, BackboneEst
                 f"would hold a positive pair. Use batch_size > {len(classes)}.")
         return codes.astype(np.int64), classes
 
-    def _row_weights(self, sample_weight, codes, classes):
-        weights = None if sample_weight is None else check_row_weights(sample_weight,
-                                                                        len(codes))
-        if self.class_weight is not None:
-            from sklearn.utils.class_weight import compute_class_weight
-
-            spec = self.class_weight
-            if isinstance(spec, dict):
-                spec = {int(np.flatnonzero(classes == k)[0]): w for k, w in spec.items()
-                        if k in set(classes.tolist())}
-            per_row = compute_class_weight(spec, classes=np.arange(len(classes)),
-                                           y=codes)[codes]
-            weights = per_row if weights is None else weights * per_row
-        return None if weights is None else unit_mean(weights, np.ones(len(codes), bool))
-
     def _split(self, codes, stopping, seed):
         idx = np.arange(len(codes))
         if stopping is None:
@@ -409,35 +380,6 @@ class ContrastiveClassifier(ClassifierMixin, TrainingEstimatorMixin, BackboneEst
                 "(every class needs 2 held-out examples, a positive pair); raise "
                 "EarlyStopping(validation_fraction=...) or fit without early stopping.")
         return train_idx, valid_idx
-
-    def predict_proba(self, X):
-        """Class probabilities, columns ordered as ``classes_``.
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_classes)
-        """
-        return softmax(self._forward(X).astype(np.float64), axis=1)
-
-    def predict(self, X):
-        """Most probable class per sample.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        logits = self._forward(X)
-        return self.classes_[np.argmax(logits, axis=1)]
-
-    def decision_function(self, X):
-        """The head's logits; for two classes, a single column's difference.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) or (n_samples, n_classes)
-        """
-        logits = self._forward(X).astype(np.float64)
-        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
+from skorch.callbacks import Callback
 from torch import nn
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -70,6 +71,26 @@ class SharedAcrossTheCut(nn.Module):
 
     def forward(self, x):
         return self.shared(self.a(self.shared(x)))
+
+
+class Events(Callback):
+    """A skorch callback that records the training events it receives."""
+
+    def initialize(self):
+        self.seen = []
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        self.seen.append("train_begin")
+
+    def on_epoch_end(self, net, **kwargs):
+        self.seen.append("epoch_end")
+
+    def on_batch_end(self, net, training=None, **kwargs):
+        self.seen.append("batch" if training else "valid_batch")
+
+    def on_train_end(self, net, **kwargs):
+        self.seen.append("train_end")
 
 
 @pytest.fixture(autouse=True)

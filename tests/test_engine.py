@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import sklearn
 import torch
-from conftest import TinyCNN, TinyNet
+from conftest import Events, TinyCNN, TinyNet
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
-from skorch.callbacks import Callback
 from torch import nn
 
 import sktl
@@ -41,26 +40,6 @@ def _images(n=24, seed=0):
     y = np.arange(n) % 2
     X[y == 1, :, :6] += 0.5
     return X, y
-
-
-class Events(Callback):
-    """Records the events skorch sends."""
-
-    def initialize(self):
-        self.seen = []
-        return self
-
-    def on_train_begin(self, net, **kwargs):
-        self.seen.append("train_begin")
-
-    def on_epoch_end(self, net, **kwargs):
-        self.seen.append("epoch_end")
-
-    def on_batch_end(self, net, training=None, **kwargs):
-        self.seen.append("batch" if training else "valid_batch")
-
-    def on_train_end(self, net, **kwargs):
-        self.seen.append("train_end")
 
 
 def _mode(mode, **params):

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet
+from conftest import Events, TinyNet
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_validate
 from torch import nn
@@ -311,18 +311,6 @@ def test_class_and_sample_weights_reach_tuning_and_head(tiny_text_dir):
 
 
 def test_callbacks_precision_and_early_stopping(tiny_text_dir):
-    from skorch.callbacks import Callback
-
-    class Events(Callback):
-        def initialize(self):
-            self.seen = []
-            return self
-
-        def on_train_begin(self, net, **kwargs):
-            self.seen.append("train_begin")
-
-        def on_epoch_end(self, net, **kwargs):
-            self.seen.append("epoch_end")
 
     X, y = _sentences(12, 0)
     events = Events()
