@@ -23,7 +23,7 @@ test sentences, one seed, N=8). Methods, side by side on the same draws:
   step is a class-balanced batch of 16 sentences in which every pair
   counts, under the supervised contrastive loss (``criterion="supcon"``)
   at a temperature set by the median number of sentences per class
-  (``temperature="auto"``, :func:`sktl.fewshot.auto_temperature`: 0.5 at
+  (:func:`sktl.fewshot.auto_temperature`, the estimator's fitted ``temperature_``: 0.5 at
   N=8, 0.1 at N=64, the nearest of the two on a log scale for another N),
   20 pair iterations, 1 epoch, and a logistic-regression head with C=1
   (SetFit: 16 listed pairs, up to 32 sentences, per step, and 40 pairs per

@@ -155,6 +155,7 @@ class BackboneEstimatorMixin:
         # Tied to this process's tensors; predictions fall back to the full
         # forward pass after unpickling.
         state.pop("_frozen_reader", None)
+        state.pop("_float32_reader_", None)
         torch_keys = [k for k, v in state.items() if k.endswith("_") and
                       isinstance(v, (torch.nn.Module, Backbone))]
         if torch_keys:
@@ -222,14 +223,14 @@ def row_weights(sample_weight, class_weights, labelled):
 
 
 def unit_mean(weights, rows):
-    """``weights`` divided by their mean over ``rows`` (other rows unchanged)."""
-    weights = np.asarray(weights, dtype=np.float64).copy()
+    """``weights`` divided by their mean over ``rows``: every row keeps its
+    weight relative to the others, unlabelled ones included."""
+    weights = np.asarray(weights, dtype=np.float64)
     mean = weights[rows].mean()
     if mean <= 0:
         raise ValueError("every sample weight of the labelled rows is zero: at least one "
                          "labelled sample needs a positive weight.")
-    weights[rows] /= mean
-    return weights
+    return weights / mean
 
 
 def check_row_weights(sample_weight, n):
@@ -351,12 +352,13 @@ class TrainingEstimatorMixin:
         n_frozen = getattr(self, "_float32_frozen_blocks", None)
         if n_frozen is None:
             return None
-        split = split_at(self.backbone_, n_frozen, X, self.device_)
-        if split is None:
-            return None
-        trainable = self.module_.trainable_blocks
-        top = TransferModule(split.top, self.module_.head, trainable)
-        return FrozenReader(split, top, None, self.backbone_.module, trainable)
+        if "_float32_reader_" not in self.__dict__:  # cut and checked once
+            split = split_at(self.backbone_, n_frozen, X, self.device_)
+            trainable = self.module_.trainable_blocks
+            self.__dict__["_float32_reader_"] = None if split is None else FrozenReader(
+                split, TransferModule(split.top, self.module_.head, trainable), None,
+                self.backbone_.module, trainable)
+        return self.__dict__["_float32_reader_"]
 
 
 #: ``_parameter_constraints`` of the settings every training estimator has.
@@ -471,6 +473,7 @@ class TransferEstimator(TrainingEstimatorMixin, BackboneEstimatorMixin, BaseEsti
             raise ValueError(f"{type(self).__name__} requires y to be passed, "
                              "but the target y is None.")
         criterion = self._training_criterion()
+        self._check_criterion(criterion)
         device, accelerator = self._training_device()
         with worker_threads(), seeded_torch(self._torch_seed(), device):
             backbone = resolve_backbone(self.backbone, self.weights)
@@ -489,7 +492,6 @@ class TransferEstimator(TrainingEstimatorMixin, BackboneEstimatorMixin, BaseEsti
                 backbone.n_features = probe_width(backbone.module, backbone.preprocess, X,
                                                   device)
             trainable = freeze(backbone, self.unfreeze)
-            self._check_criterion(criterion)
             head = make_head(self.head, backbone.n_features, n_outputs).to(device)
             criterion.prepare(backbone.n_features, n_outputs)
             module = TransferModule(backbone.module, head, trainable)
@@ -552,12 +554,13 @@ class TransferEstimator(TrainingEstimatorMixin, BackboneEstimatorMixin, BaseEsti
         for name, value in target_attrs.items():
             setattr(self, name, value)
         self.backbone_ = backbone
-        self.module_ = module
+        self.module_ = module.eval()
         self.history_ = history
         self.device_ = device
         self.n_blocks_ = n_blocks
         self._frozen_reader = reader
         self._float32_frozen_blocks = None
+        self.__dict__.pop("_float32_reader_", None)
 
     def _split(self, n, codes, stopping):
         idx = np.arange(n)
@@ -590,9 +593,6 @@ class TransferEstimator(TrainingEstimatorMixin, BackboneEstimatorMixin, BaseEsti
                               "weights")
             trained = TransferModule(split.top, module.head, module.trainable_blocks)
             to_batch = split.collate
-            if cache is not None:
-                reader = FrozenReader(split, trained, key, backbone.module,
-                                      module.trainable_blocks)
         train_rows = Rows(inputs, targets, to_batch, train_idx, augment=self.augment)
         valid_rows = None if valid_idx is None else Rows(inputs, targets, to_batch, valid_idx)
         net = train(trained, criterion, train_rows, valid_rows, lr=self.lr,
@@ -602,6 +602,10 @@ class TransferEstimator(TrainingEstimatorMixin, BackboneEstimatorMixin, BaseEsti
                     callbacks=self.callbacks, precision=self._precision(),
                     accelerator=accelerator, num_workers=get_config()["num_workers"],
                     verbose=self.verbose)
+        if stored is not None and cache is not None:
+            # Made now: the frozen tensors as the fit leaves them (restoring
+            # the best epoch's weights copies into them in place).
+            reader = FrozenReader(split, trained, key, backbone.module, module.trainable_blocks)
         return net.history, reader, stored is not None
 
     def __sklearn_tags__(self):

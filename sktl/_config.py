@@ -35,6 +35,9 @@ def get_config():
 def set_config(num_workers=None):
     """Set how sktl uses the machine, for this thread.
 
+    Worker processes (``GridSearchCV(n_jobs=k)``, joblib, dask) start with
+    the defaults: set it in the code they run if they train.
+
     Parameters
     ----------
     num_workers : int, optional

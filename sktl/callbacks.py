@@ -60,48 +60,15 @@ class EarlyStopping(_SkorchEarlyStopping):
         self.validation_fraction = validation_fraction
 
 
-class _Accumulating:
-    """An optimizer that steps once every ``steps`` calls, on the mean of the
-    gradients accumulated since its last step."""
-
-    def __init__(self, optimizer, steps):
-        self.optimizer, self.steps, self.calls = optimizer, steps, 0
-
-    def __getattr__(self, name):  # param_groups, state, state_dict, ...
-        return getattr(self.optimizer, name)
-
-    def zero_grad(self, set_to_none=True):
-        if self.calls % self.steps == 0:
-            self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        self.calls += 1
-        if self.calls % self.steps == 0:
-            self.flush(self.steps)
-        return loss
-
-    def flush(self, count=None):
-        """Step on what is pending (``count`` batches' gradients)."""
-        count = count or self.calls % self.steps
-        if not count:
-            return
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.grad.div_(count)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.calls = 0
-
-
 class GradientAccumulation(Callback):
     """Step the optimizer once every ``steps`` batches, on their mean gradient.
 
     The effective batch is ``steps * batch_size`` rows while memory holds
-    one batch; what is left at the end of an epoch makes a last, smaller
-    step. Learning-rate schedules still advance every batch. Not combined
-    with ``precision="fp16"`` (whose loss scaling steps every batch).
+    one batch; what is left at the end of an epoch makes a last step on the
+    mean of its gradients. Learning-rate schedules still advance every
+    batch. Not combined with ``precision="fp16"`` (whose loss scaling steps
+    every batch) or an accelerator (use accelerate's own
+    ``gradient_accumulation_steps``).
 
     Parameters
     ----------
@@ -133,18 +100,12 @@ class GradientAccumulation(Callback):
         if getattr(net, "precision", "32") == "fp16":
             raise ValueError("GradientAccumulation does not combine with precision='fp16'; "
                              "use precision='bf16' or '32'.")
-        for name in net._optimizers:
-            setattr(net, name + "_", _Accumulating(getattr(net, name + "_"), self.steps))
+        # The engine's net reads it: losses divided by ``steps``, gradients
+        # kept between the steps of a group, one optimiser step per group.
+        net.__dict__["_accumulation"] = {"steps": int(self.steps), "pending": 0}
 
     def on_epoch_end(self, net, **kwargs):
-        for name in net._optimizers:
-            optimizer = getattr(net, name + "_")
-            if isinstance(optimizer, _Accumulating):
-                optimizer.flush()
+        net.flush_accumulated()
 
     def on_train_end(self, net, **kwargs):
-        for name in net._optimizers:
-            optimizer = getattr(net, name + "_")
-            if isinstance(optimizer, _Accumulating):
-                setattr(net, name + "_", optimizer.optimizer)
-
+        net.__dict__.pop("_accumulation", None)

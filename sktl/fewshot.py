@@ -46,6 +46,7 @@ from ._engine import (
     FrozenReader,
     Rows,
     TransferModule,
+    autocast,
     forward_batches,
     freeze,
     logistic_head,
@@ -58,6 +59,7 @@ from ._engine import (
     worker_threads,
 )
 from ._labels import check_label_types
+from .backbones import resolve_backbone
 from .losses import CosinePairLoss, SupConLoss, as_loss
 
 __all__ = ["ContrastiveClassifier", "auto_temperature"]
@@ -108,8 +110,8 @@ class ContrastiveClassifier(LogitClassifierMixin, ClassifierMixin, TrainingEstim
         SetFit). With ``0 < unfreeze < n_blocks_``, the frozen blocks run
         once per sentence (their outputs go through ``cache``) and each step
         runs the top only, several times faster.
-    criterion : {"supcon", "cosine"} or sktl.losses.Loss, default="supcon"
-        The contrastive loss: supervised contrastive
+    criterion : {"supcon", "cosine"}, sktl.losses.Loss or None, default="supcon"
+        The contrastive loss (``None``: ``"supcon"``): supervised contrastive
         (:class:`~sktl.losses.SupConLoss`) at a temperature chosen from
         the median number of examples per class (:func:`auto_temperature`:
         0.5 with about 8, 0.1 with about 64); SetFit's cosine-similarity
@@ -252,7 +254,7 @@ class ContrastiveClassifier(LogitClassifierMixin, ClassifierMixin, TrainingEstim
 
     @atomic_fit
     def _fit(self, X, y, sample_weight):
-        criterion = self.criterion
+        criterion = "supcon" if self.criterion is None else self.criterion
         if isinstance(criterion, str):
             criterion = SupConLoss() if criterion == "supcon" else CosinePairLoss()
         else:
@@ -268,11 +270,11 @@ class ContrastiveClassifier(LogitClassifierMixin, ClassifierMixin, TrainingEstim
         device, accelerator = self._training_device()
         seed = self._torch_seed()
         with worker_threads(), seeded_torch(seed, device):
-            backbone = self._resolve(X)
+            backbone = resolve_backbone(self.backbone, self.weights)
             X, y = self._validate_X(X, backbone.input_kind, reset=True, y=y)
             codes, classes = self._codes(y)
             temperature = None
-            if self.criterion == "supcon":
+            if self.criterion in ("supcon", None):
                 temperature = auto_temperature(float(np.median(np.bincount(codes))))
                 criterion.temperature = temperature
             weights = row_weights(sample_weight,
@@ -314,9 +316,10 @@ class ContrastiveClassifier(LogitClassifierMixin, ClassifierMixin, TrainingEstim
                         precision=self._precision(), accelerator=accelerator,
                         num_workers=get_config()["num_workers"], verbose=self.verbose,
                         hint=f"Lower lr (now {self.lr:g})")
-            features = forward_batches(body, to_batch, inputs, batch_size=self.batch_size,
-                                       device=device, progress=self.verbose >= 1,
-                                       desc="embeddings").astype(np.float64)
+            with autocast(self._precision(), device):  # as predictions will run
+                features = forward_batches(body, to_batch, inputs, batch_size=self.batch_size,
+                                           device=device, progress=self.verbose >= 1,
+                                           desc="embeddings").astype(np.float64)
             head = normalized_head(logistic_head(features, codes, len(classes), self.head_C,
                                                  seed, sample_weight=weights).to(device))
             module = TransferModule(backbone.module, head, trainable).eval()
@@ -337,10 +340,6 @@ class ContrastiveClassifier(LogitClassifierMixin, ClassifierMixin, TrainingEstim
         self._float32_frozen_blocks = n_frozen if stored is not None else None
         return self
 
-    def _resolve(self, X):
-        from .backbones import resolve_backbone
-
-        return resolve_backbone(self.backbone, self.weights)
 
     def _codes(self, y):
         y = column_or_1d(y, warn=True)

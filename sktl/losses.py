@@ -87,7 +87,7 @@ class Output(NamedTuple):
 class Loss(nn.Module):
     """Base class of sktl's criteria: ``forward(output, target) -> scalar``.
 
-    Subclasses set two class attributes the estimators read:
+    Subclasses set three class attributes the estimators read:
 
     * ``uses_unlabelled``: rows labelled ``-1`` take part in the fit (domain
       losses align them, distillation learns their soft targets); otherwise
@@ -168,7 +168,8 @@ class MSELoss(Loss):
     (the regressor standardises its targets before training)."""
 
     def forward(self, output, target):
-        per_row = (output.logits - target["y"].to(output.logits.dtype)).pow(2).mean(dim=1)
+        # In float32 whatever the autocast precision (targets are not rounded).
+        per_row = (output.logits.float() - target["y"].float()).pow(2).mean(dim=1)
         return weighted_mean(per_row, target)
 
 

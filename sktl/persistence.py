@@ -100,6 +100,11 @@ def _jsonable_params(estimator):
             from_source = hasattr(original["backbone"], "backbone_")
             params[key] = value if named and not from_source else None
             continue
+        if key == "cache" and not _plain(value):
+            # A FeatureCache or joblib.Memory is this process's store: a
+            # loaded model uses the process-wide cache unless given one.
+            params[key] = defaults[key]
+            continue
         if key == "device" and not _plain(value):
             # An accelerator is the process's distributed state: a loaded
             # model trains in one process unless given one again.

@@ -70,6 +70,14 @@ class TransferRegressor(RegressorMixin, TransferEstimator):
 
     def _safe_n_outputs(self):
         return len(self._y_mean)
+
+    def _check_criterion(self, criterion):
+        super()._check_criterion(criterion)
+        if criterion.uses_unlabelled or criterion.uses_soft_targets:
+            raise ValueError(
+                f"criterion={type(criterion).__name__}(...) learns class labels (unlabelled "
+                "rows, a teacher's probabilities); TransferRegressor fits numeric targets: "
+                "use MSELoss (the default), a torch regression loss, or TransferClassifier.")
     _y_validation = {"y_numeric": True, "multi_output": True}
 
     def fit(self, X, y, sample_weight=None):

@@ -16,7 +16,8 @@ def main(out_dir):
     from accelerate import Accelerator
     from torch import nn
 
-    from sktl import TransferClassifier
+    from sktl import ContrastiveClassifier, TransferClassifier
+    from sktl.losses import DomainAwareLoss
 
     accelerator = Accelerator(cpu=True)
     rank = accelerator.process_index
@@ -30,6 +31,19 @@ def main(out_dir):
                              random_state=0, cache=False, device=accelerator)
     clf.fit(X, y)
     state = {k: v.detach().cpu() for k, v in clf.module_.state_dict().items()}
+    y_da = np.where(np.arange(len(y)) < 120, y, -1)
+    torch.manual_seed(0)
+    domain = TransferClassifier(nn.Sequential(nn.Linear(5, 16), nn.ReLU()), unfreeze="all",
+                                criterion=DomainAwareLoss("dann"), max_epochs=2,
+                                batch_size=16, random_state=0, cache=False,
+                                device=accelerator).fit(X, y_da)
+    domain_weights = float(sum(p.double().sum() for p in domain.module_.parameters()))
+    torch.manual_seed(0)
+    contrastive = ContrastiveClassifier(nn.Sequential(nn.Linear(5, 16), nn.ReLU()), lr=1e-2,
+                                        batch_size=8, pair_iterations=2, random_state=0,
+                                        cache=False, device=accelerator).fit(X, y)
+    contrastive_weights = float(sum(p.double().sum()
+                                    for p in contrastive.module_.parameters()))
     torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))
     moved = any(not torch.equal(state[f"backbone.{k}"], v) for k, v in initial.items())
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
@@ -43,6 +57,10 @@ def main(out_dir):
             "backbone_moved": moved,
             "unwrapped": type(clf.module_).__name__,
             "accuracy": float(clf.score(X, y)),
+            # The modes whose criterion reads the features (through DDP).
+            "domain": domain_weights,
+            "contrastive": contrastive_weights,
+            "contrastive_accuracy": float(contrastive.score(X, y)),
         }, fh)
 
 

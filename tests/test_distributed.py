@@ -51,6 +51,10 @@ def test_torchrun_two_cpu_processes_train_the_same_model(tmp_path):
     for key in weights[0]:
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
     assert reports[0]["accuracy"] == reports[1]["accuracy"]
+    # The criteria that read the features train through DDP too, in step.
+    assert reports[0]["domain"] == reports[1]["domain"]
+    assert reports[0]["contrastive"] == reports[1]["contrastive"]
+    assert reports[0]["contrastive_accuracy"] > 0.7
 
 
 def test_bf16_training_and_prediction_on_cpu(blobs):

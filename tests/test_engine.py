@@ -366,3 +366,97 @@ def test_concurrent_predictions_equal_serial_ones(unfreeze):
         parallel = list(pool.map(clf.predict_proba, tests * 3))
     for i, result in enumerate(parallel):
         np.testing.assert_allclose(result, serial[i % len(tests)], rtol=1e-5, atol=1e-6)
+
+
+# -- review findings, each a regression test ------------------------------------------
+def test_rows_too_large_to_store_are_never_read_under_another_models_key(data):
+    X, y = data
+    def small_cache_model(seed):
+        body = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8))
+        torch.manual_seed(seed)
+        return TransferClassifier(body, unfreeze=1, max_epochs=2, random_state=seed,
+                                  cache=FeatureCache(max_bytes=1000))
+    a, b = small_cache_model(0).fit(X, y), small_cache_model(1).fit(X, y)
+    a.predict_proba(X[:5])
+    expected = b.predict_proba(X[:5])
+    b.set_params(cache=False)
+    np.testing.assert_allclose(b.predict_proba(X[:5]), expected, rtol=1e-5, atol=1e-6)
+
+
+class ScaledNet(nn.Module):
+    """Two blocks and a parameter outside them (frozen, like a BERT pooler)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Linear(5, 8), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.block2(self.block1(x)) * self.scale
+
+
+def test_the_cached_prediction_path_survives_restoring_the_best_epoch(data):
+    X, y = data
+    module = ScaledNet()
+    clf = TransferClassifier(module, unfreeze=1, max_epochs=8, lr=0.5,
+                             early_stopping=EarlyStopping(patience=8, validation_fraction=0.25),
+                             cache=FeatureCache(), random_state=0).fit(X, y)
+    history = clf.history_
+    assert history[-1, "valid_loss"] != min(history[:, "valid_loss"])  # best epoch restored
+    assert clf._frozen_reader is not None and clf._frozen_reader.valid()
+
+
+def test_weights_keep_the_unlabelled_rows_balance():
+    from sktl._base import row_weights
+
+    labelled = np.array([True, True, False, False])
+    np.testing.assert_allclose(row_weights(10 * np.ones(4), None, labelled), np.ones(4))
+    np.testing.assert_allclose(row_weights(np.array([1, 3, 2, 2.0]), None, labelled),
+                               [0.5, 1.5, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("criterion", [DomainAwareLoss(), "distillation"])
+def test_the_regressor_refuses_criteria_of_class_labels(criterion, data):
+    from sktl.losses import DistillationLoss
+
+    X, _ = data
+    criterion = DistillationLoss() if criterion == "distillation" else criterion
+    with pytest.raises(ValueError, match="learns class labels"):
+        TransferRegressor(TinyNet, unfreeze=1, criterion=criterion, max_epochs=1).fit(X, X[:, 0])
+
+
+def test_scoring_callbacks_are_refused_with_a_reason(data):
+    from skorch.callbacks import EpochScoring
+
+    X, y = data
+    with pytest.raises(ValueError, match="EpochScoring scores the net's own predict"):
+        TransferClassifier(TinyNet, callbacks=[EpochScoring("accuracy")], max_epochs=1).fit(X, y)
+
+
+@pytest.mark.parametrize("order", ["accumulation first", "scheduler first"])
+def test_gradient_accumulation_beside_a_learning_rate_scheduler(order, data):
+    from skorch.callbacks import LRScheduler
+
+    X, y = data
+    callbacks = [GradientAccumulation(2), LRScheduler(policy="StepLR", step_size=1, gamma=0.5)]
+    if order == "scheduler first":
+        callbacks = callbacks[::-1]
+    clf = TransferClassifier(TinyNet, unfreeze="all", callbacks=callbacks, max_epochs=2,
+                             batch_size=16, random_state=0).fit(X, y)
+    assert np.isfinite(clf.predict_proba(X)).all()
+
+
+def test_contrastive_criterion_none_is_supcon(data):
+    X, y = data
+    clf = ContrastiveClassifier(TinyNet, criterion=None, batch_size=8, pair_iterations=1,
+                                random_state=0).fit(X, y)
+    assert clf.temperature_ == 0.1  # 32 examples per class: the nearer 64's temperature
+
+
+def test_a_fitted_model_is_in_eval_mode(data):
+    X, y = data
+    for unfreeze in (0, 1, "all"):
+        clf = TransferClassifier(TinyNet, unfreeze=unfreeze, max_epochs=1,
+                                 random_state=0).fit(X, y)
+        assert not any(m.training for m in clf.module_.modules())

@@ -366,6 +366,7 @@ def test_training_only_parameters_are_saved_as_their_defaults(blobs, tmp_path):
     from skorch.callbacks import Callback
 
     import sktl
+    from sktl import FeatureCache
     from sktl.callbacks import EarlyStopping
     from sktl.losses import DomainAwareLoss
 
@@ -374,12 +375,14 @@ def test_training_only_parameters_are_saved_as_their_defaults(blobs, tmp_path):
     clf = TransferClassifier(TinyNet, unfreeze=1, criterion=DomainAwareLoss("coral"),
                              callbacks=[Callback()], class_weight={0: 2.0, 1: 1.0, 2: 1.0},
                              early_stopping=EarlyStopping(patience=2), max_epochs=3,
-                             augment=torch.neg, random_state=0).fit(X, y_da)
+                             augment=torch.neg, cache=FeatureCache(prefix=False),
+                             random_state=0).fit(X, y_da)
     sktl.save(clf, tmp_path / "m")
     loaded = sktl.load(tmp_path / "m", trusted=[TinyNet])
     params = loaded.get_params()
     assert (params["criterion"], params["callbacks"], params["class_weight"],
-            params["early_stopping"], params["augment"]) == (None, None, None, False, None)
+            params["early_stopping"], params["augment"], params["cache"]) == (
+        None, None, None, False, None, True)
     np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=1e-5,
                                atol=1e-6)
 

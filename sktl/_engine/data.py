@@ -52,10 +52,6 @@ class Rows(torch.utils.data.Dataset):
     def __getitem__(self, position):
         return int(self.indices[position])
 
-    def labels(self):
-        """The class codes of this dataset's rows (for class-balanced batches)."""
-        return self.targets["y"][self.indices]
-
     def collate(self, idx):
         idx = np.asarray(idx)
         rows = take(self.inputs, idx)

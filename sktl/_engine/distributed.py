@@ -79,6 +79,16 @@ def _accelerate_mixin():
                     elif isinstance(obj, kind):
                         setattr(self, name + "_", self.accelerator.prepare(obj))
 
+        def _step_optimizer(self, step_fn):
+            # As the engine's: a batch with nothing to learn from makes no
+            # step (the accelerator scales and unscales the loss itself).
+            self.__dict__["_skip_step"] = False
+            step_fn()
+            if self.__dict__.pop("_skip_step", False):
+                return
+            for name in self._optimizers:
+                getattr(self, name + "_").step()
+
         def _initialize_accelerator(self):
             if self._wrapped_with_accelerator:
                 return self

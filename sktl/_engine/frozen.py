@@ -26,7 +26,7 @@ from ..backbones import (
     take,
     to_device,
 )
-from .inference import batch_order
+from .inference import batch_order, in_batches
 
 __all__ = ["PREFIX_MAX_BYTES", "FrozenReader", "frozen_rows", "precompute",
            "prefix_storage", "split_at"]
@@ -71,22 +71,21 @@ def frozen_rows(split, preprocess, X, *, cache, key, batch_size, device, progres
         order = batch_order(preprocess, take(X, missing))  # longest first: little padding
         if order is not None:
             missing = missing[order]
-        starts = range(0, len(missing), batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-
-            desc = "features" if split.block_name is None else "frozen blocks"
-            starts = tqdm(starts, desc=desc, unit="batch")
         split.frozen.eval()
+
+        def step(idx):
+            nonlocal nbytes
+            batch = to_device(preprocess(take(X, idx)), device)
+            for i, row in zip(idx, split.rows(call_module(split.frozen, batch), batch)):
+                rows[i] = np.ascontiguousarray(row, dtype=np.float32)
+                nbytes += rows[i].nbytes
+            return max_bytes is None or nbytes <= max_bytes  # False: stop, too large
+
+        desc = "features" if split.block_name is None else "frozen blocks"
         with torch.inference_mode():
-            for start in starts:
-                idx = missing[start:start + batch_size]
-                batch = to_device(preprocess(take(X, idx)), device)
-                for i, row in zip(idx, split.rows(call_module(split.frozen, batch), batch)):
-                    rows[i] = np.ascontiguousarray(row, dtype=np.float32)
-                    nbytes += rows[i].nbytes
-                if max_bytes is not None and nbytes > max_bytes:
-                    return None
+            if not in_batches(missing, batch_size, device, step, progress=progress,
+                              desc=desc):
+                return None
         if cache is not None and prefix_storage(bytes_before + nbytes, cache)[1] is not None:
             cache.store(key, [hashes[i] for i in missing], [rows[i] for i in missing])
     return rows
@@ -134,16 +133,18 @@ def precompute(backbone, X, n_frozen, *, cache, batch_size, device, progress=Fal
     split = split_at(backbone, n_frozen, X, device)
     if split is None:
         return None
-    max_bytes = None
+    max_bytes, store = None, cache
     if partial:
         if split.row_nbytes is None:  # token states: their size is known once computed
             max_bytes = PREFIX_MAX_BYTES
         else:
-            held, cache = prefix_storage(split.row_nbytes * n_samples(X), cache)
+            held, store = prefix_storage(split.row_nbytes * n_samples(X), cache)
             if not held:
                 return None
+    # The key names what the rows are, whether or not they are stored now
+    # (predictions look them up, and store those of small inputs).
     key = None if cache is None else _key(backbone, split)
-    rows = frozen_rows(split, backbone.preprocess, X, cache=cache, key=key,
+    rows = frozen_rows(split, backbone.preprocess, X, cache=store, key=key,
                        batch_size=batch_size, device=device, progress=progress,
                        max_bytes=max_bytes)
     return None if rows is None else (split, rows, key)
@@ -165,9 +166,9 @@ class FrozenReader:
     In a cross-validation every sample is in some training fold, so scoring
     a held-out fold then costs no backbone pass at all. The rows were keyed
     before training; they stay valid while the frozen tensors are the very
-    ones seen at the end of the fit (same objects, no in-place change), which
-    :meth:`valid` checks. Nothing here changes the model: several threads
-    may predict at once.
+    ones of the fitted model (the reader is made after training: same
+    objects, no in-place change since), which :meth:`valid` checks. Nothing
+    here changes the model: several threads may predict at once.
 
     Parameters
     ----------

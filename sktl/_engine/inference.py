@@ -18,6 +18,7 @@ __all__ = [
     "check_finite",
     "check_finite_rows",
     "forward_batches",
+    "in_batches",
     "probe_width",
     "resolve_device",
     "seeded_torch",
@@ -133,36 +134,58 @@ def forward_batches(module, preprocess, X, *, batch_size, device, progress=False
     n = n_samples(X)
     order = batch_order(preprocess, X)
     index = np.arange(n) if order is None else order
+    out = None
+
+    def step(idx):
+        nonlocal out
+        batch = to_device(preprocess(take(X, idx)), device)
+        result = call_module(module, batch)
+        if pool:
+            result = pool_features(result, attention_mask=_mask(batch))
+        result = result.float().cpu().numpy()
+        if out is None:
+            out = np.empty((n, *result.shape[1:]), dtype=np.float32)
+        out[idx] = result
+
+    module.eval()
+    with torch.inference_mode():
+        in_batches(index, batch_size, device, step, progress=progress, desc=desc)
+    return out
+
+
+def in_batches(indices, batch_size, device, step, *, progress=False, desc="batches"):
+    """Call ``step(idx)`` on consecutive slices of ``indices`` of ``batch_size``.
+
+    A slice that runs the device out of memory is tried again at half the
+    size (down to one sample), with a warning: inference backs off instead
+    of failing. ``step`` returning ``False`` stops early; the result is
+    whether every slice ran.
+    """
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, desc=desc, unit="sample")
-    module.eval()
-    out, start, size = None, 0, batch_size
-    with torch.inference_mode():
-        while start < n:
-            idx = index[start:start + size]
+        bar = tqdm(total=len(indices), desc=desc, unit="sample")
+    start, size = 0, batch_size
+    try:
+        while start < len(indices):
+            idx = indices[start:start + size]
             try:
-                batch = to_device(preprocess(take(X, idx)), device)
-                result = call_module(module, batch)
+                going_on = step(idx)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
                 if size == 1 or not _out_of_memory(exc):
                     raise
                 size = _back_off(size, device)
                 continue
-            if pool:
-                result = pool_features(result, attention_mask=_mask(batch))
-            result = result.float().cpu().numpy()
-            if out is None:
-                out = np.empty((n, *result.shape[1:]), dtype=np.float32)
-            out[idx] = result
             start += len(idx)
             if bar is not None:
                 bar.update(len(idx))
-    if bar is not None:
-        bar.close()
-    return out
+            if going_on is False:
+                return False
+        return True
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _out_of_memory(exc):

@@ -87,9 +87,14 @@ class TransferModule(nn.Module):
         features = pool_features(features, attention_mask=kwargs.get("attention_mask"))
         return Output(None if self.head is None else self.head(features), features)
 
-    def forward(self, *args, **kwargs):
-        logits, features = self.outputs(*args, **kwargs)
-        return features if logits is None else logits
+    def forward(self, *args, outputs=False, **kwargs):
+        """The head's outputs (the features without a head); the
+        :class:`~sktl.losses.Output` with ``outputs=True`` (the engine's
+        training steps: through ``forward``, so that a DDP wrapper sees them)."""
+        result = self.outputs(*args, **kwargs)
+        if outputs:
+            return result
+        return result.features if result.logits is None else result.logits
 
     def train(self, mode=True):
         self.training = mode

@@ -138,11 +138,17 @@ class _FiniteLoss(Callback):
             raise diverged(loss.item(), f"epoch {epoch}, batch {n_batch}{phase}", self.hint)
 
 
+def _unwrapped(module):
+    """``module`` out of a ``DistributedDataParallel`` wrapper (accelerate)."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    return module.module if isinstance(module, ddp) else module
+
+
 class _Progress(Callback):
     """Tell the criterion how far training is (DANN's gradient ramp)."""
 
     def on_epoch_begin(self, net, **kwargs):
-        criterion = net.criterion_
+        criterion = _unwrapped(net.criterion_)
         if hasattr(criterion, "progress"):
             criterion.progress = (len(net.history) - 1) / max(net.max_epochs, 1)
 
@@ -188,12 +194,16 @@ class EngineNet(NeuralNet):
 
     def infer(self, x, **fit_params):
         from .inference import call_module, to_device
+        from .modules import TransferModule
 
         x = to_device(x, self.device)
-        outputs = getattr(self.module_, "outputs", None)
-        if outputs is None:  # a plain module: its output is the logits
-            return Output(call_module(self.module_, x), None)
-        return outputs(**x) if isinstance(x, dict) else outputs(x)
+        if not isinstance(_unwrapped(self.module_), TransferModule):
+            return Output(call_module(self.module_, x), None)  # its output is the logits
+        # Through the module's forward (and so through a DDP wrapper, whose
+        # gradient synchronisation hooks on it), asking for the Output.
+        if isinstance(x, dict):
+            return self.module_(**x, outputs=True)
+        return self.module_(x, outputs=True)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         y_true = {k: v.to(self._device_of(y_pred), non_blocking=True)
@@ -216,12 +226,19 @@ class EngineNet(NeuralNet):
             y_pred = self.infer(Xi, **fit_params)
             loss = self.get_loss(y_pred, yi, X=Xi, training=True)
         if not self.__dict__.get("_skip_step"):
-            self.grad_scaler_.scale(loss).backward()
+            accumulation = self.__dict__.get("_accumulation")
+            scaled = loss if accumulation is None else loss / accumulation["steps"]
+            self.grad_scaler_.scale(scaled).backward()
         return {"loss": loss, "y_pred": y_pred}
 
-    def evaluation_step(self, batch, training=False):
-        with autocast(self.precision, self.device):
-            return super().evaluation_step(batch, training=training)
+    def validation_step(self, batch, **fit_params):
+        with autocast(self.precision, self.device):  # scored as it trains and predicts
+            return super().validation_step(batch, **fit_params)
+
+    def _zero_grad_optimizer(self, set_to_none=None):
+        accumulation = self.__dict__.get("_accumulation")
+        if accumulation is None or accumulation["pending"] == 0:
+            super()._zero_grad_optimizer(set_to_none)
 
     def _step_optimizer(self, step_fn):
         # GradScaler cannot step with a closure: compute, then step; a batch
@@ -231,9 +248,33 @@ class EngineNet(NeuralNet):
         step_fn()
         if self.__dict__.pop("_skip_step", False):
             return
+        accumulation = self.__dict__.get("_accumulation")
+        if accumulation is not None:
+            accumulation["pending"] += 1
+            if accumulation["pending"] < accumulation["steps"]:
+                return  # gradients add up until the group is complete
+        self._optimizer_step()
+
+    def _optimizer_step(self):
         for name in self._optimizers:
             self.grad_scaler_.step(getattr(self, name + "_"))
         self.grad_scaler_.update()
+        accumulation = self.__dict__.get("_accumulation")
+        if accumulation is not None:
+            accumulation["pending"] = 0
+
+    def flush_accumulated(self):
+        """Step on gradients accumulated over an incomplete group (the end of
+        an epoch), rescaled to their mean (see GradientAccumulation)."""
+        accumulation = self.__dict__.get("_accumulation")
+        if accumulation is None or not accumulation["pending"]:
+            return
+        factor = accumulation["steps"] / accumulation["pending"]
+        for _, param in self.get_all_learnable_params():
+            if param.grad is not None:
+                param.grad.mul_(factor)
+        self._optimizer_step()
+        super()._zero_grad_optimizer()
 
     def get_iterator(self, dataset, training=False):
         if not (training and self.batch_sampler is not None):
@@ -242,6 +283,30 @@ class EngineNet(NeuralNet):
         for name in ("batch_size", "shuffle", "sampler", "drop_last"):
             kwargs.pop(name, None)
         return self.iterator_train(dataset, batch_sampler=self.batch_sampler, **kwargs)
+
+
+def _check_callbacks(callbacks, early_stopping, valid_rows, accelerator):
+    """Refuse what the engine cannot do, rather than fail deep inside skorch."""
+    from skorch.callbacks import BatchScoring, EpochScoring
+
+    from ..callbacks import GradientAccumulation
+
+    for _, cb in _callback_list(callbacks):
+        if isinstance(cb, (EpochScoring, BatchScoring)):
+            raise ValueError(
+                f"{type(cb).__name__} scores the net's own predict on skorch datasets, "
+                "which sktl's engine does not feed it; the validation loss is logged "
+                "(early_stopping=...), and a callback can read net.history, or score "
+                "the estimator after fit.")
+        if isinstance(cb, GradientAccumulation) and accelerator is not None:
+            raise ValueError("GradientAccumulation does not combine with an accelerator; "
+                             "use Accelerator(gradient_accumulation_steps=...).")
+    processes = getattr(accelerator, "num_processes", 1)
+    if early_stopping is not None and valid_rows is not None and processes > 1:
+        raise ValueError(
+            f"early_stopping with {processes} processes would stop each process on its own "
+            "share of the validation rows, at different epochs; train without it (or in "
+            "one process).")
 
 
 def _callback_list(callbacks):
@@ -270,6 +335,7 @@ def train(module, criterion, train_rows, valid_rows=None, *, lr, backbone_lr, op
     """
     from .distributed import distributed_net
 
+    _check_callbacks(callbacks, early_stopping, valid_rows, accelerator)
     n_steps = len(batch_sampler) if batch_sampler is not None else \
         math.ceil(len(train_rows) / batch_size)
     hint = hint or (f"Lower lr (now {lr:g})" if backbone_lr == lr else
