@@ -95,7 +95,8 @@ plt.show()
 # lower and ends lower than from scratch.
 fig, ax = plt.subplots(figsize=(6, 3.6))
 for name, detector in list(detectors.items())[1:]:
-    ax.plot(range(1, len(detector.history_) + 1), detector.history_, label=name)
+    ax.plot(range(1, len(detector.history_) + 1), detector.history_[:, "train_loss"],
+            label=name)
 ax.set_xlabel("epoch")
 ax.set_ylabel("training loss")
 ax.set_yscale("log")

@@ -14,18 +14,25 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import BackboneEstimatorMixin
+from ._base import TRAINING_CONSTRAINTS, BackboneEstimatorMixin, is_accelerator
+from ._config import get_config
 from ._constraints import Count
 from ._engine import (
     OPTIMIZERS,
-    diverged,
+    DetectorModule,
+    ShuffledBatches,
+    TargetedImages,
+    check_precision,
     optimizer_class,
     resolve_device,
     seeded_torch,
+    train,
     worker_threads,
 )
+from ._engine.data import batch_indices as _batches
 from ._streaming import default_chunk_size, is_stream, map_chunks
 from .backbones import WeightsUnavailableError, load_state_dict_file
+from .losses import DetectionLoss
 
 __all__ = ["DETECTION_MODELS", "TransferDetector"]
 
@@ -231,17 +238,6 @@ def _validate_targets(targets, images):
 _BOX_SLACK = 1.0
 
 
-def _batches(indices, batch_size):
-    """Consecutive batches of ``indices``; a lone last image joins the batch
-    before it, as BatchNorm layers that train (SSDlite's extra blocks work on
-    1x1 maps) cannot normalise a batch of one."""
-    batches = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        lone = batches.pop()
-        batches[-1] = list(batches[-1]) + list(lone)
-    return batches
-
-
 def _check_labels(values):
     """Labels of every box, as given: all numbers or all strings, no NaN
     (numpy would turn a mix into strings, and NaN != NaN would fail the
@@ -298,21 +294,14 @@ def _adapt_batchnorm(model, frozen_modules, images, batch_size, device):
         bn.eval()
 
 
-def _set_train_mode(model, frozen_modules):
-    """Train mode, except frozen backbone blocks: they stay in eval mode so that
-    BatchNorm statistics and dropout do not move (as in TransferModule)."""
-    model.train()
-    for qualname in frozen_modules:
-        model.get_submodule(qualname).eval()
-
-
 class TransferDetector(BackboneEstimatorMixin, BaseEstimator):
     """Object detector that transfers a torchvision detection model to new classes.
 
     Builds SSD300-VGG16, SSDlite320-MobileNetV3 or Faster R-CNN-MobileNetV3,
     starts from COCO weights (or a local checkpoint, a previously fitted
     detector, or random weights), gives it classification head(s) for the
-    classes in the targets and fine-tunes it with a plain PyTorch loop.
+    classes in the targets and fine-tunes it through sktl's training engine
+    (the skorch net of every training estimator).
 
     With ``unfreeze=0`` only the *new layers* train -- the classic SSD
     recipe of freezing the base network: for SSD300 and SSDlite the
@@ -356,11 +345,24 @@ default="ssdlite320_mobilenet_v3_large"
         BatchNorm), so the statistics of unfrozen blocks adapt to the data.
     lr : float, default=1e-3
         Learning rate.
+    lr_schedule : {"constant", "linear", "cosine", "onecycle"}, default="constant"
+        Learning rate over the optimiser steps, as in
+        :class:`~sktl.TransferClassifier`.
     max_epochs : int, default=10
         Passes over the training images.
     batch_size : int, default=8
-        Images per training step and per inference batch.
+        Images per training step and per inference batch. Training batches
+        are shuffled; a lone last image joins the batch before it.
     optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
+    criterion : sktl.losses.DetectionLoss or None, default=None
+        How the detector's own losses add up (None: their plain sum,
+        ``DetectionLoss()``); e.g. ``DetectionLoss({"bbox_regression": 2.0})``
+        weighs SSD's box regression twice.
+    callbacks : list of skorch callbacks or None, default=None
+        Called during training (sktl's training engine is a skorch net):
+        ``Checkpoint``, ``LRScheduler``, ``ProgressBar``, loggers. There is no
+        validation loss, and so no early stopping: torchvision's detectors
+        only compute losses in training mode (see the user guide).
     score_threshold : float, default=0.05
         :meth:`predict` drops detections scoring below this.
     min_size : int or None, default=None
@@ -370,8 +372,10 @@ default="ssdlite320_mobilenet_v3_large"
         resizes the shorter side to ``min_size``. Small values (64, 128)
         make CPU training on small canvases fast. SSD300 needs at least 300.
         Boxes are always returned in input pixel coordinates.
-    device : str, default="auto"
-        ``"auto"`` uses CUDA when available; or ``"cpu"``, ``"cuda:0"``, ...
+    device : str or accelerate.Accelerator, default="auto"
+        ``"auto"`` uses CUDA when available; or ``"cpu"``, ``"cuda:0"``, ...;
+        or an ``accelerate.Accelerator``, which trains in several processes
+        (``accelerate launch``) and decides device and precision.
     random_state : int, RandomState or None, default=None
         Seeds the new layers' initialisation and the shuffling: the same
         value and data give identical predictions.
@@ -382,7 +386,12 @@ default="ssdlite320_mobilenet_v3_large"
         (e.g. day -> night) with frozen blocks: their day statistics shift
         the night features. No effect with ``unfreeze="all"``.
     verbose : int, default=0
-        ``>= 1`` shows a progress bar over the epochs.
+        ``>= 1`` prints skorch's table of epochs, ``>= 2`` also a progress
+        bar over the batches.
+    precision : {"32", "bf16", "fp16"}, default="32"
+        Training under ``torch.autocast`` in that dtype (fp16: CUDA only,
+        with loss scaling); weights stay float32 and predictions are made in
+        float32.
 
     Attributes
     ----------
@@ -397,8 +406,9 @@ default="ssdlite320_mobilenet_v3_large"
         Its backbone blocks, bottom to top.
     n_blocks_ : int
         ``len(block_names_)``.
-    history_ : list of float
-        Mean training loss (sum of the detector's losses) per epoch.
+    history_ : skorch.history.History
+        Per epoch: ``train_loss`` (the criterion: by default the sum of the
+        detector's losses), ``dur``, ...
     device_ : str
         Device the model lives on.
 
@@ -432,37 +442,44 @@ default="ssdlite320_mobilenet_v3_large"
         "optimizer": [StrOptions(set(OPTIMIZERS)), type],
         "score_threshold": [Interval(Real, 0, 1, closed="both")],
         "min_size": [Count(1), None],
-        "device": [str, None],
         "random_state": ["random_state"],
         "adapt_batchnorm": ["boolean"],
-        "verbose": ["verbose"],
+        "criterion": [DetectionLoss, None],
+        **{k: TRAINING_CONSTRAINTS[k] for k in ("lr_schedule", "callbacks", "device",
+                                                "verbose", "precision")},
     }
 
     def __init__(self, model="ssdlite320_mobilenet_v3_large", *, weights="DEFAULT",
-                 unfreeze=0, lr=1e-3, max_epochs=10, batch_size=8, optimizer="adamw",
-                 score_threshold=0.05, min_size=None, device="auto", random_state=None,
-                 adapt_batchnorm=False, verbose=0):
+                 unfreeze=0, lr=1e-3, lr_schedule="constant", max_epochs=10, batch_size=8,
+                 optimizer="adamw", criterion=None, callbacks=None, score_threshold=0.05,
+                 min_size=None, device="auto", random_state=None, adapt_batchnorm=False,
+                 verbose=0, precision="32"):
         self.model = model
         self.weights = weights
         self.unfreeze = unfreeze
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.optimizer = optimizer
+        self.criterion = criterion
+        self.callbacks = callbacks
         self.score_threshold = score_threshold
         self.min_size = min_size
         self.device = device
         self.random_state = random_state
         self.adapt_batchnorm = adapt_batchnorm
         self.verbose = verbose
+        self.precision = precision
 
     def __sklearn_clone__(self):
         # A fitted source detector passed as ``model`` is kept as is (it is
         # only read); sklearn's clone would replace it by an unfitted copy.
         from sklearn.base import clone
 
-        params = {k: v if k == "model" else clone(v, safe=False)
-                  for k, v in self.get_params(deep=False).items()}
+        # An accelerate.Accelerator (as device) is shared, never copied.
+        params = {k: v if k == "model" or (k == "device" and is_accelerator(v))
+                  else clone(v, safe=False) for k, v in self.get_params(deep=False).items()}
         return type(self)(**params)
 
     def get_params(self, deep=True):
@@ -572,17 +589,17 @@ default="ssdlite320_mobilenet_v3_large"
             classes = np.unique(np.concatenate(all_labels))
         except TypeError as exc:  # e.g. None among strings
             raise ValueError(f"labels must be all numbers or all strings ({exc}).") from exc
-        device = resolve_device(self.device)
+        device, accelerator = self._training_device()
         with worker_threads(), seeded_torch(self._torch_seed(), device):
             name, model = self._make_model(classes)
             blocks, frozen = self._freeze(model, name)
             model.to(device)
             if self.adapt_batchnorm:
                 _adapt_batchnorm(model, frozen, tensors, self.batch_size, device)
-            train_targets = [{"boxes": torch.from_numpy(boxes).to(device),
-                              "labels": torch.from_numpy(_encode(labels, classes)).to(device)}
+            train_targets = [{"boxes": torch.from_numpy(boxes),
+                              "labels": torch.from_numpy(_encode(labels, classes))}
                              for boxes, labels in checked]
-            history = self._train(model, frozen, tensors, train_targets, device)
+            history = self._train(model, frozen, tensors, train_targets, device, accelerator)
         # Set only once training succeeded: a failed refit keeps the old model.
         self.classes_ = classes
         self.model_ = model
@@ -593,45 +610,39 @@ default="ssdlite320_mobilenet_v3_large"
         self.device_ = device
         return self
 
-    def _train(self, model, frozen, images, targets, device):
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer_cls = optimizer_class(self.optimizer)
-        optimizer = optimizer_cls(params, lr=self.lr)
-        epochs = range(1, self.max_epochs + 1)
-        if self.verbose >= 1:
-            from tqdm.auto import tqdm
+    def _training_device(self):
+        """``(device name, accelerator or None)``, as the other training estimators."""
+        if is_accelerator(self.device):
+            check_precision(self.precision, str(self.device.device), self.device)
+            return str(self.device.device), self.device
+        device = resolve_device(self.device)
+        check_precision(self.precision, device)
+        return device, None
 
-            epochs = tqdm(epochs, desc="epochs", unit="epoch")
-        history = []
-        n = len(images)
-        for epoch in epochs:
-            _set_train_mode(model, frozen)
-            order = torch.randperm(n).tolist()
-            losses = []
-            for step, idx in enumerate(_batches(order, self.batch_size), start=1):
-                try:
-                    loss_dict = model([images[i].to(device) for i in idx],
-                                      [targets[i] for i in idx])
-                except ValueError as exc:
-                    if "more than 1 value per channel" not in str(exc):
-                        raise
-                    raise ValueError(
-                        "This detector's trainable BatchNorm layers cannot learn from a "
-                        "batch of one image; fit on at least 2 images with "
-                        f"batch_size >= 2 (got batch_size={self.batch_size}).") from exc
-                loss = sum(loss_dict.values())
-                if not torch.isfinite(loss):
-                    raise diverged(loss.item(), f"epoch {epoch}, batch {step}",
-                                   f"Lower lr (now {self.lr:g})")
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-            history.append(float(np.mean(losses)))
-            if self.verbose >= 1:
-                epochs.set_postfix(loss=history[-1])
+    def _train(self, model, frozen, images, targets, device, accelerator):
+        """Train through the engine: the detector computes its own losses from
+        the targets (an input in training mode), :class:`DetectionLoss` adds
+        them up. Returns the skorch history."""
+        module = DetectorModule(model, frozen)
+        try:
+            net = train(module, self.criterion or DetectionLoss(), TargetedImages(images, targets),
+                        lr=self.lr, backbone_lr=self.lr,
+                        optimizer=optimizer_class(self.optimizer), max_epochs=self.max_epochs,
+                        batch_size=self.batch_size, device=device,
+                        lr_schedule=self.lr_schedule,
+                        batch_sampler=ShuffledBatches(len(images), self.batch_size),
+                        callbacks=self.callbacks, precision=self.precision,
+                        accelerator=accelerator, num_workers=get_config()["num_workers"],
+                        verbose=self.verbose, hint=f"Lower lr (now {self.lr:g})")
+        except ValueError as exc:
+            if "more than 1 value per channel" not in str(exc):
+                raise
+            raise ValueError(
+                "This detector's trainable BatchNorm layers cannot learn from a "
+                "batch of one image; fit on at least 2 images with "
+                f"batch_size >= 2 (got batch_size={self.batch_size}).") from exc
         model.eval()
-        return history
+        return net.history
 
     # -- inference ------------------------------------------------------------
     def predict(self, images):

@@ -2,7 +2,8 @@
 
 Every estimator that trains (:class:`~sktl.TransferClassifier`,
 :class:`~sktl.TransferRegressor`, :class:`~sktl.ContrastiveClassifier`,
-:class:`~sktl.DistillationClassifier`) trains through one engine; what
+:class:`~sktl.DistillationClassifier`, :class:`~sktl.TransferDetector`)
+trains through one engine; what
 differs between its modes is the criterion, one of these objects, passed as
 ``criterion=``. A criterion is a ``torch.nn.Module`` called as
 ``criterion(output, target)``:
@@ -55,6 +56,7 @@ __all__ = [
     "CosinePairLoss",
     "CrossEntropyLoss",
     "DANNLoss",
+    "DetectionLoss",
     "DistillationLoss",
     "DomainAwareLoss",
     "Loss",
@@ -78,10 +80,15 @@ class Output(NamedTuple):
     features : torch.Tensor or None
         The backbone's pooled features, shape ``(n, n_features)`` (what the
         head reads); ``None`` for a module that does not expose them.
+    losses : dict of str to torch.Tensor or None
+        Losses the model computed itself in its forward pass (torchvision's
+        detection models: ``loss_classifier``, ``loss_box_reg``, ...), for
+        :class:`DetectionLoss`; ``None`` otherwise.
     """
 
     logits: torch.Tensor | None
     features: torch.Tensor | None
+    losses: dict | None = None
 
 
 class Loss(nn.Module):
@@ -448,6 +455,50 @@ class CosinePairLoss(Loss):
                 else:
                     terms.append((error[pairs] * pair_weight[pairs].to(error.dtype)).mean())
         return sum(terms) / len(terms) if terms else None
+
+
+# -- detection ----------------------------------------------------------------------
+class DetectionLoss(Loss):
+    """The loss of :class:`~sktl.TransferDetector`: a weighted sum of the
+    losses a torchvision detection model computes itself.
+
+    torchvision's detectors take the target boxes as an input in training
+    mode and return their losses (SSD: ``bbox_regression``,
+    ``classification``; Faster R-CNN: ``loss_classifier``, ``loss_box_reg``,
+    ``loss_objectness``, ``loss_rpn_box_reg``) in ``output.losses``; the
+    criterion decides how they add up.
+
+    Parameters
+    ----------
+    weights : dict of str to float or None, default=None
+        Factor of each named loss (missing names: 1). ``None``: the plain
+        sum, torchvision's reference recipe.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sktl.losses import DetectionLoss, Output
+    >>> losses = {"bbox_regression": torch.tensor(2.0), "classification": torch.tensor(1.0)}
+    >>> float(DetectionLoss()(Output(None, None, losses), {}))
+    3.0
+    >>> float(DetectionLoss({"bbox_regression": 0.5})(Output(None, None, losses), {}))
+    2.0
+    """
+
+    def __init__(self, weights=None):
+        super().__init__()
+        self.weights = weights
+
+    def forward(self, output, target):
+        if output.losses is None:
+            raise TypeError("DetectionLoss needs a model that computes its own losses "
+                            "(a torchvision detection model in training mode).")
+        weights = self.weights or {}
+        unknown = set(weights) - set(output.losses)
+        if unknown:
+            raise ValueError(f"DetectionLoss weights name {sorted(unknown)}, which this "
+                             f"model does not compute; its losses: {sorted(output.losses)}.")
+        return sum(weights.get(name, 1.0) * value for name, value in output.losses.items())
 
 
 # -- plain torch losses -----------------------------------------------------------

@@ -460,3 +460,55 @@ def test_a_fitted_model_is_in_eval_mode(data):
         clf = TransferClassifier(TinyNet, unfreeze=unfreeze, max_epochs=1,
                                  random_state=0).fit(X, y)
         assert not any(m.training for m in clf.module_.modules())
+
+
+# -- the detector trains through the engine too ------------------------------------
+@pytest.fixture(scope="module")
+def scenes():
+    from sktl.datasets import make_fashion_scenes
+
+    return make_fashion_scenes(6, canvas_size=64, item_size=(20, 30), max_items=2,
+                               random_state=0)
+
+
+def _detector(**params):
+    return sktl.TransferDetector(**{"weights": None, "max_epochs": 2, "min_size": 64,
+                                    "batch_size": 4, "random_state": 0, **params})
+
+
+def test_the_detector_calls_callbacks_and_follows_a_schedule(scenes):
+    from skorch.callbacks import Callback
+
+    events = Events()
+    lrs = []
+
+    class RecordLR(Callback):  # the rate after each step (the schedule steps per batch)
+        def on_batch_end(self, net, training=None, **kwargs):
+            lrs.append(net.optimizer_.param_groups[0]["lr"])
+
+    det = _detector(callbacks=[events, RecordLR()], lr_schedule="linear").fit(*scenes)
+    assert events.seen[0] == "train_begin" and events.seen[-1] == "train_end"
+    assert events.seen.count("epoch_end") == 2 and events.seen.count("batch") == 4
+    # 4 steps (6 images in batches of 4: [4, 2] twice), warm-up over the first.
+    assert lrs == pytest.approx([1e-3, 2 / 3 * 1e-3, 1 / 3 * 1e-3, 0.0])
+    assert np.isfinite(det.history_[:, "train_loss"]).all()
+
+
+def test_the_detector_loss_is_a_criterion(scenes):
+    from sktl.losses import DetectionLoss
+
+    plain = _detector(max_epochs=1).fit(*scenes).history_[-1, "train_loss"]
+    weighted = _detector(max_epochs=1, criterion=DetectionLoss(
+        {"bbox_regression": 0.0})).fit(*scenes).history_[-1, "train_loss"]
+    assert 0 < weighted < plain  # the box term left out: the classification term alone
+    with pytest.raises(ValueError, match="does not compute.*bbox_regression"):
+        _detector(max_epochs=1, criterion=DetectionLoss({"loss_box": 1.0})).fit(*scenes)
+
+
+def test_the_detector_trains_in_bf16_and_through_an_accelerator(scenes):
+    det = _detector(precision="bf16").fit(*scenes)
+    assert np.isfinite(det.history_[:, "train_loss"]).all()
+    assert det.predict(scenes[0][:1])[0]["boxes"].dtype == np.float32
+    accelerate = pytest.importorskip("accelerate")
+    det = _detector(device=accelerate.Accelerator(cpu=True)).fit(*scenes)
+    assert len(det.predict(scenes[0][:2])) == 2

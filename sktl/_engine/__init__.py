@@ -6,7 +6,7 @@ models through :func:`forward_batches`; nothing in here knows which
 estimator called it.
 """
 
-from .data import BalancedBatches, Rows
+from .data import BalancedBatches, Rows, ShuffledBatches, TargetedImages
 from .distributed import PRECISIONS, autocast, check_precision, device_type
 from .frozen import PREFIX_MAX_BYTES, FrozenReader, frozen_rows, precompute, split_at
 from .inference import (
@@ -24,6 +24,7 @@ from .inference import (
 )
 from .modules import (
     OPTIMIZERS,
+    DetectorModule,
     L2Normalize,
     TransferModule,
     freeze,
@@ -42,10 +43,13 @@ __all__ = [
     "OPTIMIZERS",
     "PRECISIONS",
     "BalancedBatches",
+    "DetectorModule",
     "EngineNet",
     "L2Normalize",
     "LayerOutput",
     "Rows",
+    "ShuffledBatches",
+    "TargetedImages",
     "TransferModule",
     "autocast",
     "call_module",

@@ -19,7 +19,7 @@ import torch
 
 from ..backbones import take
 
-__all__ = ["BalancedBatches", "Rows"]
+__all__ = ["BalancedBatches", "ImageBatch", "Rows", "ShuffledBatches", "TargetedImages"]
 
 
 class Rows(torch.utils.data.Dataset):
@@ -114,3 +114,63 @@ class BalancedBatches(torch.utils.data.Sampler):
                 if i is not None:
                     idx.append(int(i))
             yield idx
+
+
+class ImageBatch:
+    """Images of different sizes with their per-image targets, as one batch:
+    what a torchvision detector reads in training mode. Its length is the
+    number of images (skorch counts rows with ``len``); ``to(device)`` moves
+    the tensors."""
+
+    def __init__(self, images, targets):
+        self.images, self.targets = images, targets
+
+    def __len__(self):
+        return len(self.images)
+
+    def to(self, device, non_blocking=False):
+        return ImageBatch([im.to(device, non_blocking=non_blocking) for im in self.images],
+                          [{k: v.to(device, non_blocking=non_blocking) for k, v in t.items()}
+                           for t in self.targets])
+
+
+class TargetedImages(torch.utils.data.Dataset):
+    """Images with per-image targets that the model reads as an input (a
+    torchvision detector's boxes and labels): a batch is ``(ImageBatch,
+    {})``, the criterion receiving no target of its own."""
+
+    def __init__(self, images, targets):
+        self.images, self.targets = images, targets
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, position):
+        return position
+
+    def collate(self, idx):
+        return ImageBatch([self.images[i] for i in idx], [self.targets[i] for i in idx]), {}
+
+
+def batch_indices(order, batch_size):
+    """``order`` cut into batches of ``batch_size``; a lone last row joins the
+    batch before it (BatchNorm in train mode cannot learn from one row)."""
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        lone = batches.pop()
+        batches[-1] = list(batches[-1]) + list(lone)
+    return batches
+
+
+class ShuffledBatches(torch.utils.data.Sampler):
+    """Shuffled batches (``torch.randperm``, so seeded with torch) of
+    ``batch_size`` rows, with no batch of one row (:func:`batch_indices`)."""
+
+    def __init__(self, n, batch_size):
+        self.n, self.batch_size = n, batch_size
+
+    def __len__(self):
+        return len(batch_indices(list(range(self.n)), self.batch_size))
+
+    def __iter__(self):
+        yield from batch_indices(torch.randperm(self.n).tolist(), self.batch_size)

@@ -9,8 +9,8 @@ from torch import nn
 from ..backbones import pool_features
 from ..losses import Output
 
-__all__ = ["OPTIMIZERS", "L2Normalize", "TransferModule", "freeze", "logistic_head",
-           "make_head", "normalized_head", "optimizer_class"]
+__all__ = ["OPTIMIZERS", "DetectorModule", "L2Normalize", "TransferModule", "freeze",
+           "logistic_head", "make_head", "normalized_head", "optimizer_class"]
 
 OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
@@ -106,6 +106,44 @@ class TransferModule(nn.Module):
             self.backbone.train(False)
             for m in self.trainable_blocks:
                 m.train(mode)
+        return self
+
+
+class DetectorModule(nn.Module):
+    """A torchvision detection model as the engine trains it.
+
+    In training mode torchvision's detectors take the target boxes as an
+    input and compute their own losses: :meth:`forward` passes them on and
+    gives the losses as an :class:`~sktl.losses.Output` (read by
+    :class:`~sktl.losses.DetectionLoss`); in eval mode it gives the
+    model's detections. Frozen blocks stay in eval mode, as in
+    :class:`TransferModule`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The detector.
+    frozen : list of str
+        Qualified names of its frozen modules.
+    """
+
+    def __init__(self, model, frozen=()):
+        super().__init__()
+        self.model = model
+        self.frozen = list(frozen)
+
+    def forward(self, batch, outputs=False):
+        """``batch``: an :class:`~sktl._engine.data.ImageBatch` (training) or
+        a list of images (detection)."""
+        if not self.training:
+            return self.model(getattr(batch, "images", batch))
+        losses = self.model(batch.images, batch.targets)
+        return Output(None, None, losses) if outputs else losses
+
+    def train(self, mode=True):
+        super().train(mode)
+        for qualname in self.frozen:
+            self.model.get_submodule(qualname).eval()
         return self
 
 

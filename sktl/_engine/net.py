@@ -194,10 +194,10 @@ class EngineNet(NeuralNet):
 
     def infer(self, x, **fit_params):
         from .inference import call_module, to_device
-        from .modules import TransferModule
+        from .modules import DetectorModule, TransferModule
 
         x = to_device(x, self.device)
-        if not isinstance(_unwrapped(self.module_), TransferModule):
+        if not isinstance(_unwrapped(self.module_), (TransferModule, DetectorModule)):
             return Output(call_module(self.module_, x), None)  # its output is the logits
         # Through the module's forward (and so through a DDP wrapper, whose
         # gradient synchronisation hooks on it), asking for the Output.
@@ -217,7 +217,11 @@ class EngineNet(NeuralNet):
 
     @staticmethod
     def _device_of(output):
-        return (output.logits if output.logits is not None else output.features).device
+        if output.logits is not None:
+            return output.logits.device
+        if output.features is not None:
+            return output.features.device
+        return next(iter(output.losses.values())).device
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
