@@ -51,8 +51,10 @@ from ._engine import (
 from ._streaming import default_chunk_size, is_stream, map_chunks
 from .backbones import (
     Backbone,
+    backbone_param,
     is_fitted_sktl_estimator,
     n_samples,
+    rebuild_backbone,
     resolve_backbone,
     validate_images,
     validate_texts,
@@ -69,6 +71,36 @@ class BackboneEstimatorMixin:
 
     #: marks sktl estimators, whose fitted backbone another estimator can reuse
     __sktl_backbone__ = True
+
+    # -- the safe format (sktl.save / sktl.load): the parameter that names the
+    # pretrained model, which the save replaces by a recipe to rebuild it.
+    _safe_source_param = "backbone"
+
+    def _safe_recipe(self):
+        """``(spec, n_features)``: how :func:`sktl.load` rebuilds the backbone."""
+        spec = self.backbone_.spec
+        if spec.get("kind") == "module" and spec.get("instance"):
+            raise TypeError(
+                "The backbone was passed as a module instance, whose constructor "
+                "arguments are unknown; pass the class (backbone=MyNet) to use the "
+                "safe format, or store this model with pickle/joblib."
+            )
+        if spec.get("kind") == "module" and spec.get("class", "").startswith("__main__:"):
+            raise TypeError("The backbone class is defined in __main__; move it to an "
+                            "importable module so that sktl.load can rebuild it.")
+        return spec, self.backbone_.n_features
+
+    @classmethod
+    def _safe_new(cls, spec, trusted, params):
+        """The unfitted estimator of a save: its parameters, the backbone by name
+        (or trusted class)."""
+        return cls(backbone=backbone_param(spec, trusted), **params)
+
+    def _safe_rebuild(self, spec, trusted, n_features):
+        """The saved backbone's architecture, for the saved weights to fill."""
+        backbone = rebuild_backbone(spec, trusted)
+        backbone.n_features = n_features
+        return backbone
 
     # -- cloning: a fitted estimator passed as ``backbone`` is the pretrained
     # model; sklearn's clone would replace it by an unfitted copy and lose

@@ -517,12 +517,16 @@ default="ssdlite320_mobilenet_v3_large"
                              "the target.")
         return source
 
+    def _min_size_of(self, source):
+        """The size images are resized to: ours, else the source detector's."""
+        if source is not None and self.min_size is None:
+            return source._min_size
+        return self.min_size
+
     def _make_model(self, classes):
         source = self._source()
         name = self.model if source is None else source.model_name_
-        min_size = self.min_size
-        if source is not None and min_size is None:
-            min_size = source.min_size
+        min_size = self._min_size_of(source)
         if name == "ssd300_vgg16" and min_size is not None and min_size < _SSD300_MIN_SIZE:
             raise ValueError(f"ssd300_vgg16 needs min_size >= {_SSD300_MIN_SIZE} (its "
                              f"extra layers shrink the feature maps), got {min_size}.")
@@ -608,6 +612,7 @@ default="ssdlite320_mobilenet_v3_large"
         self.n_blocks_ = len(blocks)
         self.history_ = history
         self.device_ = device
+        self._min_size = self._min_size_of(self._source())
         return self
 
     def _training_device(self):
@@ -643,6 +648,41 @@ default="ssdlite320_mobilenet_v3_large"
                 f"batch_size >= 2 (got batch_size={self.batch_size}).") from exc
         model.eval()
         return net.history
+
+    # -- the safe format (sktl.save / sktl.load): the architecture by name,
+    # the weights in safetensors; nothing else is needed to predict.
+    _safe_source_param = "model"
+    _saved_attributes = ("classes_", "model_name_", "block_names_", "n_blocks_",
+                         "_min_size")
+
+    def _safe_recipe(self):
+        return {"kind": "detection", "name": self.model_name_}, None
+
+    @classmethod
+    def _safe_new(cls, spec, trusted, params):
+        if spec.get("kind") != "detection" or set(spec) != {"kind", "name"} \
+                or spec["name"] not in DETECTION_MODELS:
+            from .exceptions import SaveFormatError
+
+            raise SaveFormatError(f"Cannot rebuild a detector from {spec!r}: expected "
+                                  f"{{'kind': 'detection', 'name': one of {DETECTION_MODELS}}}.")
+        return cls(model=spec["name"], **params)
+
+    def _safe_rebuild(self, spec, trusted, n_features):
+        return None  # the detector is rebuilt whole, by _safe_skeleton
+
+    def _safe_module(self):
+        return self.model_
+
+    def _safe_n_outputs(self):
+        return len(self.classes_) + 1  # the background is class 0
+
+    def _safe_skeleton(self, backbone, n_outputs):
+        return _build(self.model_name_, n_outputs, self._min_size)
+
+    def _safe_restore(self, backbone, module, device):
+        self.model_ = module.to(device).eval()
+        self.device_ = device
 
     # -- inference ------------------------------------------------------------
     def predict(self, images):

@@ -45,7 +45,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
 from ._engine import resolve_device
-from .backbones import backbone_param, check_trusted, rebuild_backbone, resolve_class
+from .backbones import check_trusted, resolve_class
 from .exceptions import SaveFormatError, SaveIntegrityError
 
 __all__ = ["load", "save"]
@@ -73,12 +73,14 @@ def _estimator_classes():
     each of which implements the safe-state hooks of
     :class:`~sktl._base.BackboneEstimatorMixin`."""
     from .classifier import TransferClassifier
+    from .detection import TransferDetector
     from .features import FeatureExtractor
     from .fewshot import ContrastiveClassifier
     from .regressor import TransferRegressor
 
     return {c.__name__: c for c in (TransferClassifier, TransferRegressor,
-                                    ContrastiveClassifier, FeatureExtractor)}
+                                    ContrastiveClassifier, FeatureExtractor,
+                                    TransferDetector)}
 
 
 def _plain(value):
@@ -90,14 +92,15 @@ def _jsonable_params(estimator):
     original = estimator.get_params(deep=False)
     defaults = {k: v.default for k, v in
                 inspect.signature(type(estimator)).parameters.items()}
+    source = original[estimator._safe_source_param]
     for key, value in original.items():
-        if key == "backbone":
-            continue  # replaced by the backbone recipe
+        if key == estimator._safe_source_param:
+            continue  # replaced by the recipe
         if key == "weights":
             # Refitting a loaded model starts from the same weights when
             # they have a name; a fitted source or file is not carried over.
             named = value is None or (isinstance(value, str) and not Path(value).exists())
-            from_source = hasattr(original["backbone"], "backbone_")
+            from_source = hasattr(source, "backbone_") or hasattr(source, "model_")
             params[key] = value if named and not from_source else None
             continue
         if key == "cache" and not _plain(value):
@@ -185,8 +188,10 @@ def save(estimator, path):
 
     Parameters
     ----------
-    estimator : TransferClassifier, TransferRegressor, ContrastiveClassifier or FeatureExtractor
-        A fitted estimator whose backbone can be rebuilt from its recipe.
+    estimator : TransferClassifier, TransferRegressor, ContrastiveClassifier, \
+FeatureExtractor or TransferDetector
+        A fitted estimator whose backbone can be rebuilt from its recipe (a
+        detector: from its torchvision architecture's name).
         Parameters that only matter in training and that JSON cannot hold
         (``criterion``, ``callbacks``, ``augment``, an ``EarlyStopping``
         object, a ``class_weight`` dict, an optimizer class) are saved as
@@ -219,24 +224,15 @@ def save(estimator, path):
     name = type(estimator).__name__
     if name not in _estimator_classes():
         raise TypeError(f"sktl.save handles sktl estimators, not {name}.")
-    spec = estimator.backbone_.spec
-    if spec.get("kind") == "module" and spec.get("instance"):
-        raise TypeError(
-            "The backbone was passed as a module instance, whose constructor "
-            "arguments are unknown; pass the class (backbone=MyNet) to use the "
-            "safe format, or store this model with pickle/joblib."
-        )
-    if spec.get("kind") == "module" and spec.get("class", "").startswith("__main__:"):
-        raise TypeError("The backbone class is defined in __main__; move it to an "
-                        "importable module so that sktl.load can rebuild it.")
+    spec, n_features = estimator._safe_recipe()
     config = {
         "saved_by": _SAVED_BY,
         "format": _FORMAT,
         "sktl_version": __version__,
         "estimator": name,
         "params": _jsonable_params(estimator),
-        "backbone": estimator.backbone_.spec,
-        "n_features": estimator.backbone_.n_features,
+        "backbone": spec,
+        "n_features": n_features,
         "n_outputs": estimator._safe_n_outputs(),
         "fitted": {k: _encode(getattr(estimator, k)) for k in estimator._saved_attributes
                    if hasattr(estimator, k)},
@@ -379,8 +375,8 @@ def load(path, *, device="auto", trusted=()):
     Returns
     -------
     estimator
-        A fitted TransferClassifier, TransferRegressor, ContrastiveClassifier or
-        FeatureExtractor.
+        A fitted TransferClassifier, TransferRegressor, ContrastiveClassifier,
+        FeatureExtractor or TransferDetector.
 
     Raises
     ------
@@ -399,21 +395,19 @@ def load(path, *, device="auto", trusted=()):
     config = _read_config(folder)
     cls = _estimator_class(config["estimator"])
     params = config["params"]
-    unknown = sorted(set(params) - (set(cls._get_param_names()) - {"backbone"}))
+    unknown = sorted(set(params) - (set(cls._get_param_names()) - {cls._safe_source_param}))
     if unknown:
         raise SaveFormatError(f"{_CONFIG} gives {cls.__name__} unknown parameters {unknown}.")
     unknown = sorted(set(config["fitted"]) - set(cls._saved_attributes))
     if unknown:
         raise SaveFormatError(f"{_CONFIG} holds unknown fitted attributes {unknown}.")
     spec = config["backbone"]
-    estimator = cls(backbone=backbone_param(spec, trusted),
-                    **_read_params(cls, params, trusted))
+    estimator = cls._safe_new(spec, trusted, _read_params(cls, params, trusted))
     estimator._validate_params()  # the constructor's checks, on values read from a file
     for key, value in config["fitted"].items():
         setattr(estimator, key, _decode(key, value))
     weights = _verified_weights(folder, config)
-    backbone = rebuild_backbone(spec, trusted)
-    backbone.n_features = config["n_features"]
+    backbone = estimator._safe_rebuild(spec, trusted, config["n_features"])
     module = estimator._safe_skeleton(backbone, config["n_outputs"])
     _load_weights(module, weights)
     estimator._safe_restore(backbone, module, resolve_device(device))

@@ -446,3 +446,43 @@ def test_adapt_batchnorm_uses_target_statistics(fitted):
         next(k for k in source_state if k.endswith("running_mean"))])
     # the source detector is untouched
     assert all(torch.equal(v, fitted.model_.state_dict()[k]) for k, v in source_state.items())
+
+
+# -- the safe format ----------------------------------------------------------
+def test_a_detector_saves_in_the_safe_format(fitted, day, tmp_path):
+    import json
+
+    import sktl
+    from sktl.exceptions import SaveFormatError
+
+    images, _ = day
+    sktl.save(fitted, tmp_path / "det")
+    loaded = sktl.load(tmp_path / "det")
+    assert isinstance(loaded, TransferDetector)
+    assert list(loaded.classes_) == list(fitted.classes_)
+    assert loaded.block_names_ == fitted.block_names_
+    for a, b in zip(loaded.predict(images), fitted.predict(images)):
+        assert np.array_equal(a["labels"], b["labels"])
+        np.testing.assert_array_equal(a["boxes"], b["boxes"])
+        np.testing.assert_array_equal(a["scores"], b["scores"])
+    # A loaded detector is a source for another fit, at its own image size.
+    again = TransferDetector(loaded, random_state=1, max_epochs=1, batch_size=4).fit(*day)
+    assert again._min_size == 64
+    # A recipe sktl.save does not write is refused.
+    config = json.loads((tmp_path / "det" / "config.json").read_text())
+    config["backbone"]["name"] = "yolo"
+    (tmp_path / "det" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SaveFormatError, match="Cannot rebuild a detector.*yolo"):
+        sktl.load(tmp_path / "det")
+
+
+def test_a_detector_fitted_from_a_source_saves_by_architecture(fitted, day, tmp_path):
+    import sktl
+
+    det = TransferDetector(fitted, random_state=1, max_epochs=1, batch_size=4).fit(*day)
+    sktl.save(det, tmp_path / "det")
+    loaded = sktl.load(tmp_path / "det")
+    assert loaded.model == "ssdlite320_mobilenet_v3_large" and loaded.weights is None
+    images = day[0][:2]
+    for a, b in zip(loaded.predict(images), det.predict(images)):
+        np.testing.assert_array_equal(a["scores"], b["scores"])

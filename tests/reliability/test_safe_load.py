@@ -171,7 +171,7 @@ def test_sentence_transformers_are_built_with_trust_remote_code_false(minilm_dir
 
 @pytest.mark.parametrize("edit, error, match", [
     (lambda c: c.update(estimator="SVC"), SaveFormatError,
-     "'SVC'.*FeatureExtractor, TransferClassifier, TransferRegressor"),
+     "'SVC'.*FeatureExtractor, TransferClassifier, TransferDetector, TransferRegressor"),
     (lambda c: c["params"].update(unfreeze=-3), InvalidParameterError, "unfreeze"),
     (lambda c: c["params"].update(kernel="rbf"), SaveFormatError, r"unknown parameters \['kernel'\]"),
     (lambda c: c["params"].update(backbone="resnet18"), SaveFormatError, "backbone"),
