@@ -32,6 +32,7 @@ from ._engine import (
 from ._engine.data import batch_indices as _batches
 from ._streaming import default_chunk_size, is_stream, map_chunks
 from .backbones import WeightsUnavailableError, load_state_dict_file
+from .exceptions import SaveFormatError
 from .losses import DetectionLoss
 
 __all__ = ["DETECTION_MODELS", "TransferDetector"]
@@ -662,8 +663,6 @@ default="ssdlite320_mobilenet_v3_large"
     def _safe_new(cls, spec, trusted, params):
         if spec.get("kind") != "detection" or set(spec) != {"kind", "name"} \
                 or spec["name"] not in DETECTION_MODELS:
-            from .exceptions import SaveFormatError
-
             raise SaveFormatError(f"Cannot rebuild a detector from {spec!r}: expected "
                                   f"{{'kind': 'detection', 'name': one of {DETECTION_MODELS}}}.")
         return cls(model=spec["name"], **params)
