@@ -238,3 +238,45 @@ def test_sharing_copy_leaves_the_original_alone():
     twin[0].register_forward_hook(lambda *_: None)  # the copy's own hooks
     assert not inner._forward_hooks
     assert sharing_copy(root, {}) is root
+
+
+class PausesWhileTraced(nn.Module):
+    """Two blocks; its forward waits for the main thread, once, between them
+    (while torch.fx traces it, in a thread)."""
+
+    def __init__(self, tracing, resume):
+        super().__init__()
+        self.block1, self.block2 = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.tracing, self.resume = tracing, resume
+
+    def forward(self, x):
+        h = self.block1(x)
+        if not self.tracing.is_set():
+            self.tracing.set()
+            self.resume.wait(30)
+        return self.block2(h)
+
+
+def test_a_model_running_in_another_thread_while_a_backbone_is_traced():
+    # torch.fx patches nn.Module for every thread while it traces: a model
+    # called meanwhile in another thread must run as usual (not be traced
+    # into the graph), and the trace must not take its calls.
+    tracing, resume = threading.Event(), threading.Event()
+    module = PausesWhileTraced(tracing, resume)
+    X = np.random.RandomState(0).randn(3, 4).astype(np.float32)
+    backbone = _array_backbone(module, ["block1", "block2"])
+    out = {}
+    cutter = threading.Thread(target=lambda: out.update(split=backbone.split(1, X)))
+    cutter.start()
+    assert tracing.wait(30)
+    other = nn.Sequential(nn.Linear(4, 2), nn.ReLU())
+    x = torch.from_numpy(X)
+    with torch.no_grad():
+        during = other(x)
+        same_model = module.block2(module.block1(x))
+    resume.set()
+    cutter.join(60)
+    with torch.no_grad():
+        torch.testing.assert_close(during, other(x))
+        torch.testing.assert_close(same_model, module.block2(module.block1(x)))
+    assert isinstance(out["split"], Split)

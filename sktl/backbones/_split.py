@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -298,15 +299,42 @@ def sharing_copy(root, replace):
 
 
 # -- torch.fx cut -----------------------------------------------------------------
+#: One trace at a time (see _BlockTracer).
+_TRACING = threading.Lock()
+
+
 class _BlockTracer(fx.Tracer):
-    """Traces through containers but keeps each backbone block one call."""
+    """Traces through containers but keeps each backbone block one call.
+
+    While it traces, torch.fx replaces ``nn.Module.__call__`` and
+    ``__getattr__`` for every thread: a model running in another thread
+    meanwhile (a ``predict`` beside a ``fit`` that cuts its backbone) would
+    be traced into this graph and receive proxies. Calls from other threads
+    go straight through, and one trace runs at a time, so that no other
+    tracer's patches are active meanwhile.
+    """
 
     def __init__(self, leaves):
         super().__init__()
         self.leaves = leaves
+        self.thread = threading.get_ident()
 
     def is_leaf_module(self, m, module_qualified_name):
         return id(m) in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self.thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self.thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def trace(self, root, concrete_args=None):
+        with _TRACING:
+            return super().trace(root, concrete_args)
 
 
 def traced_split(backbone, n_frozen):
