@@ -8,8 +8,8 @@ from sklearn.model_selection import GridSearchCV
 from torch import nn
 
 from sktl import FeatureCache, TransferClassifier
-from sktl.callbacks import EarlyStopping
 from sktl.backbones import resolve_backbone
+from sktl.callbacks import EarlyStopping
 
 
 @pytest.fixture

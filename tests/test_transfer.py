@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import TinyCNN, TinyNet
 from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_validate
 from torch import nn
 
@@ -262,7 +261,6 @@ def test_a_cpu_fit_with_device_auto_unpickles_onto_the_gpu(blobs, monkeypatch, d
                                                            expected):
     """As on a GPU worker of a cluster (mocked: no GPU here); an explicit
     device="cpu" stays on the CPU."""
-    import pickle
 
     X, y = blobs
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # fitted on a CPU

@@ -37,14 +37,14 @@ from .net import LR_SCHEDULES, EngineNet, diverged, train
 
 __all__ = [
     "EXTREME_INPUTS",
-    "PREFIX_MAX_BYTES",
-    "FrozenReader",
     "LR_SCHEDULES",
     "OPTIMIZERS",
     "PRECISIONS",
+    "PREFIX_MAX_BYTES",
     "BalancedBatches",
     "DetectorModule",
     "EngineNet",
+    "FrozenReader",
     "L2Normalize",
     "LayerOutput",
     "Rows",

@@ -23,10 +23,18 @@ from ._split import TokenSplit, sharing_copy
 from ._trust import check_type_name
 from ._weights import WeightsUnavailableError
 
-__all__ = ["SentenceEncoder", "TextPreprocessor", "check_module_types", "rebuild_truncated",
-           "is_sentence_transformer", "load_sentence_transformer",
-           "looks_like_sentence_transformer", "sentence_transformer_backbone",
-           "split_sentence_encoder", "truncate_sentence_encoder"]
+__all__ = [
+    "SentenceEncoder",
+    "TextPreprocessor",
+    "check_module_types",
+    "is_sentence_transformer",
+    "load_sentence_transformer",
+    "looks_like_sentence_transformer",
+    "rebuild_truncated",
+    "sentence_transformer_backbone",
+    "split_sentence_encoder",
+    "truncate_sentence_encoder",
+]
 
 
 def looks_like_sentence_transformer(value):

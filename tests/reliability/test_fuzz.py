@@ -33,7 +33,6 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 
 import sktl
-from sktl.losses import DomainAwareLoss
 from sktl import (
     ContrastiveClassifier,
     DistillationClassifier,
@@ -44,6 +43,7 @@ from sktl import (
     TransferDetector,
     TransferRegressor,
 )
+from sktl.losses import DomainAwareLoss
 
 EXAMPLES = int(os.environ.get("SKTL_FUZZ_EXAMPLES", "50"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
