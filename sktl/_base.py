@@ -212,6 +212,19 @@ class BackboneEstimatorMixin:
                 self.device_ = "cuda"
 
 
+def training_device(device, precision):
+    """``(device name, accelerator or None)`` of a ``device`` parameter, with
+    ``precision`` checked against it: with an accelerator, each process uses
+    the device it assigns (``cuda:<local rank>`` under ``accelerate launch`` /
+    ``torchrun``)."""
+    if is_accelerator(device):
+        check_precision(precision, str(device.device), device)
+        return str(device.device), device
+    name = resolve_device(device)
+    check_precision(precision, name)
+    return name, None
+
+
 def is_accelerator(device):
     """Whether a ``device`` value is an ``accelerate.Accelerator`` (duck-typed:
     accelerate is an optional dependency)."""
@@ -316,15 +329,7 @@ class TrainingEstimatorMixin:
         return getattr(self, "precision", "32")
 
     def _training_device(self):
-        """``(device name, accelerator or None)``: with an accelerator, each
-        process uses the device it assigns (``cuda:<local rank>`` under
-        ``accelerate launch`` / ``torchrun``)."""
-        if is_accelerator(self.device):
-            check_precision(self._precision(), str(self.device.device), self.device)
-            return str(self.device.device), self.device
-        device = resolve_device(self.device)
-        check_precision(self._precision(), device)
-        return device, None
+        return training_device(self.device, self._precision())
 
     def _early_stopping(self):
         """The EarlyStopping callback of ``early_stopping``, or None."""

@@ -14,7 +14,12 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import TRAINING_CONSTRAINTS, BackboneEstimatorMixin, is_accelerator
+from ._base import (
+    TRAINING_CONSTRAINTS,
+    BackboneEstimatorMixin,
+    is_accelerator,
+    training_device,
+)
 from ._config import get_config
 from ._constraints import Count
 from ._engine import (
@@ -22,9 +27,7 @@ from ._engine import (
     DetectorModule,
     ShuffledBatches,
     TargetedImages,
-    check_precision,
     optimizer_class,
-    resolve_device,
     seeded_torch,
     train,
     worker_threads,
@@ -594,7 +597,7 @@ default="ssdlite320_mobilenet_v3_large"
             classes = np.unique(np.concatenate(all_labels))
         except TypeError as exc:  # e.g. None among strings
             raise ValueError(f"labels must be all numbers or all strings ({exc}).") from exc
-        device, accelerator = self._training_device()
+        device, accelerator = training_device(self.device, self.precision)
         with worker_threads(), seeded_torch(self._torch_seed(), device):
             name, model = self._make_model(classes)
             blocks, frozen = self._freeze(model, name)
@@ -615,15 +618,6 @@ default="ssdlite320_mobilenet_v3_large"
         self.device_ = device
         self._min_size = self._min_size_of(self._source())
         return self
-
-    def _training_device(self):
-        """``(device name, accelerator or None)``, as the other training estimators."""
-        if is_accelerator(self.device):
-            check_precision(self.precision, str(self.device.device), self.device)
-            return str(self.device.device), self.device
-        device = resolve_device(self.device)
-        check_precision(self.precision, device)
-        return device, None
 
     def _train(self, model, frozen, images, targets, device, accelerator):
         """Train through the engine: the detector computes its own losses from
