@@ -345,7 +345,7 @@ def test_prefix_rows_are_shared_through_the_cache(tiny_text_dir):
 
 def test_a_large_input_predicted_in_chunks_does_not_flush_the_cache(tiny_text_dir,
                                                                       monkeypatch):
-    import sktl._engine.frozen as frozen
+    from sktl._engine import frozen
     from sktl._cache import sample_hashes
 
     X, y = _sentences(6, 0)
@@ -367,7 +367,7 @@ def test_a_large_input_predicted_in_chunks_does_not_flush_the_cache(tiny_text_di
 def test_token_states_beyond_the_memory_bound_are_not_held(tiny_text_dir, monkeypatch):
     """Past PREFIX_MAX_BYTES the fit runs through the frozen layers instead
     of holding every training sentence's token states; same model."""
-    import sktl._engine.frozen as frozen
+    from sktl._engine import frozen
 
     X, y = _sentences(6, 0)
     X_test, _ = _sentences(4, 2)

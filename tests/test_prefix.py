@@ -72,7 +72,7 @@ def test_unsplittable_backbone_trains_through_its_frozen_blocks(images):
 
 
 def test_frozen_outputs_beyond_the_memory_bound_are_not_held(images, monkeypatch):
-    import sktl._engine.frozen as frozen
+    from sktl._engine import frozen
 
     X, y = images
     module, seen = counting(TinyCNN)
